@@ -1,0 +1,1 @@
+"""The ``batterytwin`` command line."""

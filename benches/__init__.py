@@ -1,0 +1,1 @@
+"""Benchmarks: every speed claim comes from here (``python -m benches.<name> --json``)."""

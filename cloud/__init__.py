@@ -1,0 +1,1 @@
+"""The cloud BMS service (later issue)."""

@@ -1,0 +1,1 @@
+"""FMU import/export of twins (built in a later issue)."""

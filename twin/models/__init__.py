@@ -1,0 +1,1 @@
+"""Cell models: the common interface and its implementations."""

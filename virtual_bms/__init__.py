@@ -1,0 +1,1 @@
+"""Virtual edge BMSs on top of a twin (later issue)."""
