@@ -67,7 +67,7 @@ class AgeingState:
         """Resistance relative to the start (1 = no growth)."""
         return 1.0 + self.resistance_growth_calendar + self.resistance_growth_cycle
 
-    def replace_cells(self, cells: FloatArray | list[int], other: AgeingState) -> AgeingState:
+    def replace_cells(self, cells: np.ndarray | list[int], other: AgeingState) -> AgeingState:
         """Return a copy where ``cells`` take their values from ``other`` (same length)."""
         idx = np.asarray(cells, dtype=np.intp)
         out = {}

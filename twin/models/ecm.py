@@ -158,9 +158,7 @@ class EcmTwin:
 
         cols = [resample(p.r0_ohm)]
         cols += [resample(p.rc_resistance_ohm[k]) for k in range(self.n_rc)]
-        cols += [
-            resample(p.rc_resistance_ohm[k] * p.rc_capacitance_f[k]) for k in range(self.n_rc)
-        ]
+        cols += [resample(p.rc_resistance_ohm[k] * p.rc_capacitance_f[k]) for k in range(self.n_rc)]
         # Bilinear coefficients per grid cell, so value = c0 + c1 fs + c2 ft + c3 fs ft.
         # Layout (4 * n_par, 2 * nT * nS): one gather along axis 1 gives contiguous
         # (n_par, N) blocks, which keeps every later operation on contiguous memory.
@@ -187,7 +185,9 @@ class EcmTwin:
         i = x.astype(np.intp)
         return i, x - i
 
-    def _lookup(self, soc: FloatArray, temperature_c: FloatArray, charging: np.ndarray) -> FloatArray:
+    def _lookup(
+        self, soc: FloatArray, temperature_c: FloatArray, charging: np.ndarray
+    ) -> FloatArray:
         """R0, R1..Rn, tau1..taun at each cell's state, shape ``(1 + 2 n_rc, N)``."""
         i_s, f_s = self._soc_index(soc)
         idx = charging * (self._nt * self._ns) + i_s
@@ -198,7 +198,7 @@ class EcmTwin:
             f_t = x - i_t
             idx += i_t * self._ns
         g = np.take(self._table, idx, axis=1, mode="clip").reshape(4, -1, self._n)
-        out = g[1] * f_s
+        out: FloatArray = g[1] * f_s
         out += g[0]
         if self._nt > 1:
             tmp = g[2] * f_t
@@ -280,7 +280,9 @@ class EcmTwin:
             raise TwinInputError("CellInit.ageing_rate_factor must be >= 0")
         if np.any((self._soc < 0) | (self._soc > 1)):
             i = int(np.flatnonzero((self._soc < 0) | (self._soc > 1))[0])
-            raise TwinInputError(f"CellInit.soc must be within 0..1, got {self._soc[i]} for cell {i}")
+            raise TwinInputError(
+                f"CellInit.soc must be within 0..1, got {self._soc[i]} for cell {i}"
+            )
         self._q_start = self.params.nominal_capacity_ah * soh
         self._r_start = rf.copy()
         self._rate = rate.copy()
@@ -319,7 +321,9 @@ class EcmTwin:
         """
         idx = np.asarray(cells, dtype=np.intp)
         if idx.size and (idx.min() < 0 or idx.max() >= self._n):
-            raise TwinInputError(f"replace_cells: cell index out of range 0..{self._n - 1}: {cells}")
+            raise TwinInputError(
+                f"replace_cells: cell index out of range 0..{self._n - 1}: {cells}"
+            )
         m = idx.size
 
         def arr(value: ArrayLike, name: str) -> FloatArray:
@@ -385,8 +389,10 @@ class EcmTwin:
             overpotential += r_i + dv * (tau / dt) * (1.0 - a)
             self._v_rc[k] = r_i + dv * a
             drop += self._v_rc[k]
-        stored = current if self.options.coulombic_efficiency == 1.0 else np.where(
-            charging, current * self.options.coulombic_efficiency, current
+        stored = (
+            current
+            if self.options.coulombic_efficiency == 1.0
+            else np.where(charging, current * self.options.coulombic_efficiency, current)
         )
         soc_start = self._soc
         temp_start = self._temp
@@ -510,14 +516,16 @@ class EcmTwin:
             current_a=np.array(self._last_current, dtype=np.float64, copy=True),
             voltage_v=self._voltage.copy(),
             surface_temperature_c=self._temp.copy(),
-            truth=CellTruth.basic(soc=self._soc.copy(), capacity_ah=self._capacity.copy(), r0_ohm=r0),
+            truth=CellTruth.basic(
+                soc=self._soc.copy(), capacity_ah=self._capacity.copy(), r0_ohm=r0
+            ),
             events=events,
         )
 
     # --------------------------------------------------------------- interface
-    def _inputs(self, value: ArrayLike, name: str, dt_s: float, ambient_c: ArrayLike) -> tuple[
-        FloatArray, float, FloatArray
-    ]:
+    def _inputs(
+        self, value: ArrayLike, name: str, dt_s: float, ambient_c: ArrayLike
+    ) -> tuple[FloatArray, float, FloatArray]:
         dt = check_dt(dt_s, source=f"{type(self).__name__}.step")
         x = as_cell_array(value, n_cells=self._n, name=name, source=f"{type(self).__name__}.step")
         amb = as_cell_array(ambient_c, n_cells=self._n, name="ambient_c", source="EcmTwin.step")
@@ -585,7 +593,9 @@ class EcmTwin:
         )
         rf = self._r_factor[:, None]
         w = 2.0 * np.pi * f[None, :]
-        z = (p[0][:, None] * rf + 1j * w * self.params.inductance_h).astype(np.complex128)
+        z: np.ndarray = (p[0][:, None] * rf + 1j * w * self.params.inductance_h).astype(
+            np.complex128
+        )
         n = self.n_rc
         for k in range(n):
             r = p[1 + k][:, None] * rf

@@ -126,7 +126,9 @@ class EcmParameters:
             ("rc_capacitance_f", self.rc_capacitance_f),
         ):
             if np.any(arr <= 0):
-                raise ParameterSetError(f"{attr} must be > 0 everywhere, min is {arr.min()} ({where})")
+                raise ParameterSetError(
+                    f"{attr} must be > 0 everywhere, min is {arr.min()} ({where})"
+                )
         if not self.limits.min_voltage_v < self.limits.max_voltage_v:
             raise ParameterSetError(f"limits: min_voltage_v must be < max_voltage_v ({where})")
         for attr in ("heat_capacity_j_per_k", "heat_transfer_w_per_k"):
@@ -139,7 +141,9 @@ class EcmParameters:
         """Number of RC pairs in the tables."""
         return int(self.rc_resistance_ohm.shape[0])
 
-    def ocv_at(self, soc: FloatArray | float, temperature_c: FloatArray | float = 25.0) -> FloatArray:
+    def ocv_at(
+        self, soc: FloatArray | float, temperature_c: FloatArray | float = 25.0
+    ) -> FloatArray:
         """Open-circuit voltage by linear interpolation (flat beyond the table)."""
         s = np.asarray(soc, dtype=np.float64)
         ocv = np.interp(s, self.soc_grid, self.ocv_v)
@@ -169,7 +173,9 @@ class EcmParameters:
             raise ParameterSetError(f"cannot read ECM parameter set {path}: {exc}") from exc
 
 
-def _check_increasing(arr: FloatArray, name: str, where: str, *, allow_single: bool = False) -> None:
+def _check_increasing(
+    arr: FloatArray, name: str, where: str, *, allow_single: bool = False
+) -> None:
     if arr.ndim != 1 or arr.size < (1 if allow_single else 2):
         raise ParameterSetError(f"{name} must be a 1-D grid, got shape {arr.shape} ({where})")
     steps = np.diff(arr)

@@ -18,7 +18,9 @@ NO_AGEING = EcmOptions(ageing="none")
 
 def test_charge_conservation_matches_coulomb_count() -> None:
     params = load_parameter_set("ecm_example")
-    twin = EcmTwin(params, n_cells=3, init=CellInit(soc=0.8, soh=[1.0, 0.8, 0.7]), options=NO_AGEING)
+    twin = EcmTwin(
+        params, n_cells=3, init=CellInit(soc=0.8, soh=[1.0, 0.8, 0.7]), options=NO_AGEING
+    )
     rng = np.random.default_rng(1)
     moved_ah = np.zeros(3)
     for _ in range(300):
@@ -104,7 +106,9 @@ def test_vectorised_fleet_equals_single_cells() -> None:
     socs = np.array([0.2, 0.5, 0.9])
     currents = np.array([40.0, -70.0, 100.0])
     temps = np.array([0.0, 25.0, 45.0])
-    fleet = EcmTwin(params, n_cells=3, init=CellInit(soc=socs, temperature_c=temps), options=NO_AGEING)
+    fleet = EcmTwin(
+        params, n_cells=3, init=CellInit(soc=socs, temperature_c=temps), options=NO_AGEING
+    )
     for _ in range(50):
         together = fleet.step(current_a=currents, dt_s=5.0, ambient_c=temps)
     for i in range(3):
@@ -185,7 +189,7 @@ def test_impedance_limits_and_peak() -> None:
     [
         ({"current_a": float("nan")}, "current_a must be finite"),
         ({"current_a": [1.0, float("inf")]}, "cell 1"),
-        ({"dt_s": 0.0}, "dt_s must be a finite number > 0, got 0.0"),
+        ({"dt_s": 0.0}, r"dt_s must be a finite number > 0, got 0\.0"),
         ({"dt_s": -1.0}, "got -1.0"),
         ({"current_a": [1.0, 2.0, 3.0]}, "shape"),
     ],
@@ -201,9 +205,9 @@ def test_bad_step_inputs_name_the_value(kwargs: dict[str, object], match: str) -
 
 def test_bad_cell_init_is_rejected() -> None:
     params = load_parameter_set("ecm_example")
-    with pytest.raises(TwinInputError, match="soh must be > 0.*-0.5 for cell 1"):
+    with pytest.raises(TwinInputError, match=r"soh must be > 0.*-0.5 for cell 1"):
         EcmTwin(params, n_cells=2, init=CellInit(soh=[0.8, -0.5]))
-    with pytest.raises(TwinInputError, match="soc must be within 0..1"):
+    with pytest.raises(TwinInputError, match=r"soc must be within 0..1"):
         EcmTwin(params, init=CellInit(soc=1.5))
 
 
@@ -211,14 +215,14 @@ def test_non_monotonic_ocv_table_is_rejected() -> None:
     params = make_params()
     ocv = params.ocv_v.copy()
     ocv[4] = ocv[6]
-    with pytest.raises(ParameterSetError, match="not monotonic in SoC.*synthetic"):
+    with pytest.raises(ParameterSetError, match=r"not monotonic in SoC.*synthetic"):
         dataclasses.replace(params, ocv_v=ocv)
 
 
 def test_negative_capacity_and_unknown_set_are_rejected() -> None:
-    with pytest.raises(ParameterSetError, match="nominal_capacity_ah must be > 0, got -5"):
+    with pytest.raises(ParameterSetError, match=r"nominal_capacity_ah must be > 0, got -5"):
         dataclasses.replace(make_params(), nominal_capacity_ah=-5.0)
-    with pytest.raises(ParameterSetError, match="unknown ECM parameter set 'nope'.*ecm_example"):
+    with pytest.raises(ParameterSetError, match=r"unknown ECM parameter set 'nope'.*ecm_example"):
         load_parameter_set("nope")
 
 
