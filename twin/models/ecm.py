@@ -71,6 +71,10 @@ class EcmOptions:
         thermal: Lumped thermal model on; if off, cells sit at ambient temperature.
         coulombic_efficiency: Fraction of charging current stored.
         reversal_threshold_c_rate: |current| below this (in C) is rest for cycle counting.
+        prior_calendar_share: Share of a second-life cell's lost capacity (1 - SoH) put
+            down to calendar ageing, the rest to cycling. It places the cell on its fade
+            curves: power laws slow down with accumulated loss, so a cell at 80 % SoH fades
+            much more slowly than a fresh one under the same stress.
     """
 
     n_rc: int | None = None
@@ -79,6 +83,30 @@ class EcmOptions:
     thermal: bool = True
     coulombic_efficiency: float = 1.0
     reversal_threshold_c_rate: float = 0.01
+    prior_calendar_share: float = 0.5
+
+
+def _check_cell_init(
+    *,
+    soh: FloatArray,
+    soc: FloatArray,
+    resistance_factor: FloatArray,
+    rate: FloatArray,
+    source: str,
+) -> None:
+    for name, arr in (("soh", soh), ("resistance_factor", resistance_factor)):
+        if np.any(arr <= 0):
+            i = int(np.flatnonzero(arr <= 0)[0])
+            raise TwinInputError(
+                f"{source}: {name} must be > 0 (a capacity or resistance cannot be negative "
+                f"or zero), got {arr[i]} for cell {i}"
+            )
+    if np.any(rate < 0):
+        raise TwinInputError(f"{source}: ageing_rate_factor must be >= 0")
+    bad = (soc < 0) | (soc > 1)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise TwinInputError(f"{source}: soc must be within 0..1, got {soc[i]} for cell {i}")
 
 
 def _uniform(grid: FloatArray) -> FloatArray:
@@ -125,6 +153,11 @@ class EcmTwin:
             raise TwinInputError(
                 f"options.n_rc must be between 1 and {params.n_rc} for parameter set "
                 f"{params.name!r}, got {n_rc}"
+            )
+        if not 0 <= self.options.prior_calendar_share <= 1:
+            raise TwinInputError(
+                "options.prior_calendar_share must be within 0..1, got "
+                f"{self.options.prior_calendar_share}"
             )
         if not 0 < self.options.coulombic_efficiency <= 1:
             raise TwinInputError(
@@ -269,24 +302,11 @@ class EcmTwin:
         soh = self._cell_array(init.soh, "soh")
         rf = self._cell_array(init.resistance_factor, "resistance_factor")
         rate = self._cell_array(init.ageing_rate_factor, "ageing_rate_factor")
-        for name, arr in (("soh", soh), ("resistance_factor", rf)):
-            if np.any(arr <= 0):
-                i = int(np.flatnonzero(arr <= 0)[0])
-                raise TwinInputError(
-                    f"CellInit.{name} must be > 0 (a capacity or resistance cannot be negative "
-                    f"or zero), got {arr[i]} for cell {i}"
-                )
-        if np.any(rate < 0):
-            raise TwinInputError("CellInit.ageing_rate_factor must be >= 0")
-        if np.any((self._soc < 0) | (self._soc > 1)):
-            i = int(np.flatnonzero((self._soc < 0) | (self._soc > 1))[0])
-            raise TwinInputError(
-                f"CellInit.soc must be within 0..1, got {self._soc[i]} for cell {i}"
-            )
-        self._q_start = self.params.nominal_capacity_ah * soh
+        _check_cell_init(soh=soh, soc=self._soc, resistance_factor=rf, rate=rate, source="CellInit")
+        self._q_start = self.params.nominal_capacity_ah * np.maximum(soh, 1.0)
         self._r_start = rf.copy()
         self._rate = rate.copy()
-        self._ageing_state = AgeingState.fresh(n)
+        self._ageing_state = self._prior_ageing(soh)
         self._apply_ageing()
         self._v_rc = np.zeros((self.n_rc, n))
         self._time_s = 0.0
@@ -300,6 +320,15 @@ class EcmTwin:
         ocv, _ = self._ocv_at(self._soc, self._temp)
         self._voltage = ocv
         return self._report(self.ecm_parameters_now()["r0_ohm"], ())
+
+    def _prior_ageing(self, soh: FloatArray) -> AgeingState:
+        """Ageing state of cells that have already lost ``1 - soh`` of their capacity."""
+        state = AgeingState.fresh(soh.size)
+        lost = 1.0 - np.minimum(soh, 1.0)
+        share = self.options.prior_calendar_share
+        state.capacity_loss_calendar[:] = share * lost
+        state.capacity_loss_cycle[:] = (1.0 - share) * lost
+        return state
 
     def _apply_ageing(self) -> None:
         self._capacity = self._q_start * self._ageing_state.capacity_fraction
@@ -317,7 +346,8 @@ class EcmTwin:
     def replace_cells(self, cells: list[int] | np.ndarray, *, init: CellInit) -> None:
         """Swap ``cells`` for fresh ones described by ``init`` (scalars or per-replaced-cell).
 
-        The replaced cells start with no ageing history and zero RC voltages.
+        The replaced cells start with the ageing history their SoH implies and zero RC
+        voltages.
         """
         idx = np.asarray(cells, dtype=np.intp)
         if idx.size and (idx.min() < 0 or idx.max() >= self._n):
@@ -330,15 +360,25 @@ class EcmTwin:
             return as_cell_array(value, n_cells=m, name=name, source="replace_cells init")
 
         soh = arr(init.soh, "soh")
-        if np.any(soh <= 0):
-            raise TwinInputError(f"replace_cells: soh must be > 0, got {soh}")
-        self._soc[idx] = arr(init.soc, "soc")
+        soc = arr(init.soc, "soc")
+        rf = arr(init.resistance_factor, "resistance_factor")
+        rate = arr(init.ageing_rate_factor, "ageing_rate_factor")
+        _check_cell_init(soh=soh, soc=soc, resistance_factor=rf, rate=rate, source="replace_cells")
+        self._soc[idx] = soc
         self._temp[idx] = arr(init.temperature_c, "temperature_c")
-        self._q_start[idx] = self.params.nominal_capacity_ah * soh
-        self._r_start[idx] = arr(init.resistance_factor, "resistance_factor")
-        self._rate[idx] = arr(init.ageing_rate_factor, "ageing_rate_factor")
-        self._ageing_state = self._ageing_state.replace_cells(idx, AgeingState.fresh(m))
+        self._q_start[idx] = self.params.nominal_capacity_ah * np.maximum(soh, 1.0)
+        self._r_start[idx] = rf
+        self._rate[idx] = rate
+        self._ageing_state = self._ageing_state.replace_cells(idx, self._prior_ageing(soh))
         self._apply_ageing()
+        # The new cells inherit none of the old cells' stress in the open ageing window.
+        self._w_ah[idx] = 0.0
+        self._w_dod_ah[idx] = 0.0
+        self._w_crate_ah[idx] = 0.0
+        self._w_soc[idx] = self._soc[idx] * self._w_elapsed
+        self._w_temp[idx] = self._temp[idx] * self._w_elapsed
+        for mask in self._beyond.values():
+            mask[idx] = False
         self._v_rc[:, idx] = 0.0
         self._last_dir[idx] = 0
         self._soc_turn[idx] = self._soc[idx]
@@ -586,11 +626,7 @@ class EcmTwin:
         f = np.atleast_1d(np.asarray(frequency_hz, dtype=np.float64))
         if np.any(~np.isfinite(f)) or np.any(f <= 0):
             raise TwinInputError(f"frequency_hz must be finite and > 0, got {f}")
-        zeros = np.zeros(self._n, dtype=np.intp)
-        p = 0.5 * (
-            self._lookup(self._soc, self._temp, zeros)
-            + self._lookup(self._soc, self._temp, zeros + CHARGE)
-        )
+        p = self._small_signal_table()
         rf = self._r_factor[:, None]
         w = 2.0 * np.pi * f[None, :]
         z: np.ndarray = (p[0][:, None] * rf + 1j * w * self.params.inductance_h).astype(
@@ -603,9 +639,19 @@ class EcmTwin:
             z += r / (1.0 + 1j * w * tau)
         return z
 
+    def _small_signal_table(self) -> FloatArray:
+        """R0, R_k, tau_k at the present state, averaged over both current directions
+        (an EIS excitation or a small pulse is symmetric)."""
+        zeros = np.zeros(self._n, dtype=np.intp)
+        return 0.5 * (
+            self._lookup(self._soc, self._temp, zeros)
+            + self._lookup(self._soc, self._temp, zeros + CHARGE)
+        )
+
     def ecm_parameters_now(self) -> dict[str, FloatArray]:
-        """R0, R1..Rn (ohm) and C1..Cn (F) per cell at the present state (discharge)."""
-        p = self._lookup(self._soc, self._temp, np.zeros(self._n, dtype=np.intp))
+        """Small-signal R0, R1..Rn (ohm) and C1..Cn (F) per cell at the present state:
+        the values whose circuit has the impedance :meth:`impedance` returns."""
+        p = self._small_signal_table()
         rf = self._r_factor
         out = {"r0_ohm": p[0] * rf}
         for k in range(self.n_rc):

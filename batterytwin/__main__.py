@@ -1,0 +1,5 @@
+"""``python -m batterytwin``."""
+
+from batterytwin.cli import main
+
+main()

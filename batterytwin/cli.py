@@ -1,0 +1,20 @@
+"""The ``batterytwin`` command: one entry point, a sub-command group per package."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from twin.cli import app as twin_app
+
+app = typer.Typer(
+    help="batterytwin: digital twins of second-life battery storage.", no_args_is_help=True
+)
+app.add_typer(twin_app, name="twin")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYBAMM_DISABLE_TELEMETRY", "true")
+    app()

@@ -1,0 +1,323 @@
+"""``batterytwin twin ...``: run twins, calibrate the ECM, print impedance spectra."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from twin.errors import TwinInputError
+from twin.pack import PackTopology, SecondLifeSpread
+
+app = typer.Typer(help="Battery twins: cells, packs, calibration, impedance.", no_args_is_help=True)
+console = Console()
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn input errors into one red line and exit code 2 instead of a traceback."""
+    try:
+        yield
+    except TwinInputError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task(label, total=1)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+_PACK_RE = re.compile(r"^(?:(\d+)x)?(\d+)s(\d+)p$")
+
+
+def parse_pack(spec: str, *, strings: int = 1) -> PackTopology:
+    """``"16s1p"`` or ``"4x14s2p"`` (four 14s2p modules in series), plus parallel strings."""
+    m = _PACK_RE.match(spec.strip().lower())
+    if not m:
+        raise TwinInputError(
+            f"cannot read pack {spec!r}; write e.g. '16s1p' or '4x14s2p' "
+            "(modules x series x parallel)"
+        )
+    return PackTopology(
+        modules_in_series=int(m[1] or 1),
+        groups_per_module=int(m[2]),
+        cells_per_group=int(m[3]),
+        strings_in_parallel=strings,
+    )
+
+
+@app.command()
+def day(
+    out: Annotated[Path, typer.Option(help="HTML report to write.")] = Path(
+        "out/domestic_day.html"
+    ),
+    params: Annotated[str, typer.Option(help="ECM parameter set (see 'sets').")] = "ecm_example",
+    pack: Annotated[str, typer.Option(help="Pack wiring, e.g. 16s1p.")] = "16s1p",
+    soh_min: Annotated[float, typer.Option(help="Lowest second-life SoH.")] = 0.7,
+    soh_max: Annotated[float, typer.Option(help="Highest second-life SoH.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Seed of the cell spread and the household.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run a second-life pack through a day of domestic PV duty and write a report."""
+    from twin.domestic_day import DomesticDayConfig, run_domestic_day
+    from twin.report import SUMMARY_LABELS, write_day_report
+
+    with _clear_errors():
+        spread = SecondLifeSpread(soh_mean=(soh_min + soh_max) / 2, soh_range=(soh_min, soh_max))
+        config = DomesticDayConfig(
+            parameter_set=params, topology=parse_pack(pack), spread=spread, seed=seed
+        )
+        with _progress("simulating 24 h") as progress:
+            result = run_domestic_day(config, progress=progress)
+        path = write_day_report(result, out)
+    summary = result.summary()
+    if as_json:
+        print(json.dumps({**summary, "report": str(path)}))
+        return
+    table = Table(title=f"Domestic day: {result.pack_description}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    for key, value in summary.items():
+        label, unit = SUMMARY_LABELS[key]
+        table.add_row(label, f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}", unit)
+    console.print(table)
+    console.print(f"report: [bold]{path}[/]")
+
+
+@app.command()
+def sets() -> None:
+    """List the ECM parameter sets."""
+    from twin.params import available_parameter_sets, load_parameter_set
+
+    table = Table("name", "chemistry", "capacity (Ah)", "RC pairs", "source")
+    for name in available_parameter_sets():
+        try:
+            p = load_parameter_set(name)
+        except TwinInputError as exc:
+            table.add_row(name, "-", "-", "-", f"[red]{exc}")
+            continue
+        table.add_row(name, p.chemistry, f"{p.nominal_capacity_ah:g}", str(p.n_rc), p.source[:80])
+    console.print(table)
+
+
+def _read_profile(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """CSV with ``time_s`` and ``current_a`` or ``power_w``; each row holds until the next."""
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise TwinInputError(f"cannot read profile {path}: {exc}") from exc
+    if not rows:
+        raise TwinInputError(f"profile {path} has no rows")
+    cols = set(rows[0])
+    kind = "current_a" if "current_a" in cols else "power_w" if "power_w" in cols else ""
+    if "time_s" not in cols or not kind:
+        raise TwinInputError(
+            f"profile {path} needs columns time_s and current_a or power_w, found {sorted(cols)}"
+        )
+    try:
+        t = np.array([float(r["time_s"]) for r in rows])
+        v = np.array([float(r[kind]) for r in rows])
+    except ValueError as exc:
+        raise TwinInputError(f"profile {path}: {exc}") from exc
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise TwinInputError(f"profile {path}: {kind} is {v[bad[0]]} on data row {bad[0] + 1}")
+    if np.any(np.diff(t) <= 0):
+        raise TwinInputError(f"profile {path}: time_s must increase strictly")
+    return t, v, kind
+
+
+@app.command()
+def run(
+    experiment: Annotated[
+        str | None, typer.Option(help="Steps separated by ';', e.g. 'Discharge at 1C for 1 hour'.")
+    ] = None,
+    profile: Annotated[
+        Path | None, typer.Option(help="CSV with time_s and current_a or power_w.")
+    ] = None,
+    params: Annotated[
+        str, typer.Option(help="ECM parameter set, or pybamm:<set>.")
+    ] = "ecm_example",
+    pack: Annotated[str | None, typer.Option(help="Run a pack, e.g. 16s1p or 4x14s2p.")] = None,
+    strings: Annotated[int, typer.Option(help="Parallel strings of the pack.")] = 1,
+    soc: Annotated[float, typer.Option(help="Initial SoC.")] = 0.5,
+    ambient: Annotated[float, typer.Option(help="Ambient temperature [degC].")] = 25.0,
+    dt: Annotated[float, typer.Option(help="Step length [s].")] = 10.0,
+    out: Annotated[Path | None, typer.Option(help="CSV of the run.")] = None,
+) -> None:
+    """Run a cell or a pack through an experiment string or a current/power profile."""
+    from twin.experiment import ExperimentTrace, run_experiment
+    from twin.models.ecm import CellInit, EcmOptions, EcmTwin
+    from twin.pack import Pack
+    from twin.params import load_parameter_set
+
+    with _clear_errors():
+        if (experiment is None) == (profile is None):
+            raise TwinInputError("give exactly one of --experiment or --profile")
+        twin: Any
+        if params.startswith("pybamm:"):
+            if pack:
+                raise TwinInputError("--pack runs ECM cells; use an ECM parameter set")
+            from twin.models.pybamm_twin import PybammTwin, PybammTwinConfig
+
+            twin = PybammTwin(
+                PybammTwinConfig(parameter_set=params.split(":", 1)[1], initial_soc=soc)
+            )
+            capacity = twin.nominal_capacity_ah
+        else:
+            cell = load_parameter_set(params)
+            if pack:
+                topo = parse_pack(pack, strings=strings)
+                twin = Pack(cell, topology=topo, soc=soc, temperature_c=ambient)
+                capacity = cell.nominal_capacity_ah * topo.cells_per_group * strings
+            else:
+                twin = EcmTwin(
+                    cell, init=CellInit(soc=soc, temperature_c=ambient), options=EcmOptions()
+                )
+                capacity = cell.nominal_capacity_ah
+        if experiment is not None:
+            with _progress("experiment") as bar:
+                trace = run_experiment(
+                    twin,
+                    experiment,
+                    capacity_ah=capacity,
+                    dt_s=dt,
+                    ambient_c=ambient,
+                    progress=lambda i, n, _t: bar(i, n),
+                )
+        else:
+            assert profile is not None
+            t, values, kind = _read_profile(profile)
+            trace = ExperimentTrace()
+            ends = np.append(t[1:], t[-1] + (t[-1] - t[-2] if t.size > 1 else dt))
+            with _progress("profile") as bar:
+                for k, (start, end, value) in enumerate(zip(t, ends, values, strict=True)):
+                    held = start
+                    while held < end - 1e-9:
+                        h = min(dt, end - held)
+                        if kind == "current_a":
+                            step = twin.step(current_a=value, dt_s=h, ambient_c=ambient)
+                        else:
+                            step = twin.step_power(power_w=value, dt_s=h, ambient_c=ambient)
+                        held += h
+                        run_trace_append(trace, step, k)
+                    bar(k + 1, t.size)
+    data = trace.as_arrays()
+    table = Table(title=f"run of {params}" + (f" ({pack})" if pack else ""))
+    for col in ("duration (h)", "V min", "V max", "T max (degC)", "SoC end", "events"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{data['time_s'][-1] / 3600:.3g}",
+        f"{data['voltage_v'].min():.4g}",
+        f"{data['voltage_v'].max():.4g}",
+        f"{data['temperature_c'].max():.3g}",
+        f"{data['soc'][-1]:.3f}",
+        str(len(trace.events)),
+    )
+    console.print(table)
+    for event in trace.events[:20]:
+        console.print(f"  [yellow]{event}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(list(data))
+            writer.writerows(zip(*(v.tolist() for v in data.values()), strict=True))
+        console.print(f"wrote {out}")
+
+
+def run_trace_append(trace: Any, step: Any, index: int) -> None:
+    """Append a cell or pack step to an experiment trace."""
+    from twin.experiment import _observe
+
+    current, voltage, temp, soc = _observe(step)
+    trace.time_s.append(step.time_s)
+    trace.step_index.append(index)
+    trace.current_a.append(current)
+    trace.voltage_v.append(voltage)
+    trace.temperature_c.append(temp)
+    trace.soc.append(soc)
+    trace.events.extend(str(e) for e in step.events)
+
+
+@app.command()
+def impedance(
+    params: Annotated[str, typer.Option(help="ECM parameter set.")] = "ecm_example",
+    soc: Annotated[float, typer.Option(help="State of charge.")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="Cell temperature [degC].")] = 25.0,
+    resistance_factor: Annotated[float, typer.Option(help="Ageing: resistance x this.")] = 1.0,
+    f_min: Annotated[float, typer.Option(help="Lowest frequency [Hz].")] = 0.1,
+    f_max: Annotated[float, typer.Option(help="Highest frequency [Hz].")] = 5000.0,
+    points: Annotated[int, typer.Option(help="Number of frequencies (log-spaced).")] = 25,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the cell's impedance spectrum Z(f) at a given state."""
+    from twin.models.ecm import CellInit, EcmOptions, EcmTwin
+    from twin.params import load_parameter_set
+
+    with _clear_errors():
+        if not 0 < f_min < f_max:
+            raise TwinInputError(f"need 0 < --f-min < --f-max, got {f_min} and {f_max}")
+        if points < 2:
+            raise TwinInputError(f"--points must be >= 2, got {points}")
+        cell = EcmTwin(
+            load_parameter_set(params),
+            init=CellInit(soc=soc, temperature_c=temperature, resistance_factor=resistance_factor),
+            options=EcmOptions(ageing="none"),
+        )
+        freq = np.geomspace(f_max, f_min, points)
+        z = cell.impedance(freq)[0]
+    rows = [
+        {
+            "frequency_hz": float(f),
+            "z_re_ohm": float(v.real),
+            "z_im_ohm": float(v.imag),
+            "z_mod_ohm": float(abs(v)),
+            "z_phase_deg": float(np.degrees(np.angle(v))),
+        }
+        for f, v in zip(freq, z, strict=True)
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"Z(f) of {params} at SoC {soc:g}, {temperature:g} degC")
+    for col in ("f (Hz)", "Z' (mOhm)", "Z'' (mOhm)", "|Z| (mOhm)", "phase (deg)"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            f"{r['frequency_hz']:.4g}",
+            f"{r['z_re_ohm'] * 1e3:.4f}",
+            f"{r['z_im_ohm'] * 1e3:.4f}",
+            f"{r['z_mod_ohm'] * 1e3:.4f}",
+            f"{r['z_phase_deg']:.2f}",
+        )
+    console.print(table)
