@@ -39,7 +39,7 @@ def test_battery_follows_surplus_and_deficit(day: DayResult) -> None:
 
 def test_second_life_cells_spread_and_age(day: DayResult) -> None:
     cap = day.cell_capacity_ah
-    assert 70.0 <= cap[0].min() and cap[0].max() <= 90.0
+    assert cap[0].min() >= 70.0 and cap[0].max() <= 90.0
     assert np.all(np.diff(cap, axis=0) <= 1e-12)  # capacity never grows
     fade_pct = 100 * (1 - cap[-1] / cap[0])
     assert np.all(fade_pct > 0) and np.all(fade_pct < 0.2)  # a day at 70-90 % SoH: small, not zero

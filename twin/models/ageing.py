@@ -37,6 +37,10 @@ class StressWindow:
     """Throughput-weighted |current| / nominal capacity, 1/h (0 where no throughput)."""
     nominal_capacity_ah: FloatArray
     """Capacity that defines 1C and one equivalent full cycle (2 x capacity throughput)."""
+    cycle_mean_soc: FloatArray
+    """Throughput-weighted mean SoC of those half-cycles (the SoC the cycling happened
+    at, which cycle laws need; equals ``mean_soc`` where there is no throughput). A
+    half-cycle moves SoC monotonically, so its own mean is the midpoint of its ends."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,11 +115,13 @@ class SchmalstiegNmcAgeing:
         resistance_growth_cycle    = beta_res * Q
         beta_res = 2.153e-4 (V - 3.725)**2 - 1.521e-5 + 2.798e-4 DoD [1/Ah]
 
-    The published cycle law uses the mean voltage of the cycles; the window's mean SoC stands
-    in for it. The cycle terms depend neither on temperature nor on C-rate (cycling was done
-    at 35 degC and 1C only). Rates are clipped at 0 (``beta_res`` would turn negative below
-    about 5 % DoD near 3.7 V). Validity: calendar 35-50 degC, 0-100 % SoC; cycling 35 degC,
-    1C/1C, 1-100 % DoD; the knee seen by Ecker et al. at high DoD is not modelled.
+    ``V`` in the cycle terms is the open-circuit voltage at the throughput-weighted mean SoC
+    of the window's half-cycles (``StressWindow.cycle_mean_soc``), the mean cycle voltage
+    the published law uses. The cycle terms depend neither on temperature nor on C-rate
+    (cycling was done at 35 degC and 1C only). Rates are clipped at 0 (``beta_res`` would
+    turn negative below about 5 % DoD near 3.7 V). Validity: accelerated storage tests (SoC
+    varied at 50 degC, temperature at 50 % SoC); cycling at 35 degC, 1C/1C, varied DoD and
+    mean SoC. The knee seen by Ecker et al. at high DoD is not modelled. See docs/ageing.md.
     """
 
     name = "nmc"
@@ -143,16 +145,17 @@ class SchmalstiegNmcAgeing:
         s = _checked_stress(state, window, rate_factor, model=self.name)
         temperature_k = s.temperature_c + KELVIN_OFFSET
         voltage_v = nmc_ocv_v(s.soc)
+        cycle_voltage_v = nmc_ocv_v(s.cycle_soc)
         days = np.full_like(voltage_v, s.duration_s / SECONDS_PER_DAY)
         reference_ah = s.throughput_ah * (NMC_REFERENCE_CAPACITY_AH / s.nominal_capacity_ah)
 
         alpha_cap = (7.543 * voltage_v - 23.75) * 1e6 * np.exp(-6976.0 / temperature_k)
         alpha_res = (5.270 * voltage_v - 16.32) * 1e5 * np.exp(-5986.0 / temperature_k)
-        beta_cap = 7.348e-3 * (voltage_v - 3.667) ** 2 + 7.60e-4 + 4.081e-3 * s.dod
-        beta_res = 2.153e-4 * (voltage_v - 3.725) ** 2 - 1.521e-5 + 2.798e-4 * s.dod
+        beta_cap = 7.348e-3 * (cycle_voltage_v - 3.667) ** 2 + 7.60e-4 + 4.081e-3 * s.dod
+        beta_res = 2.153e-4 * (cycle_voltage_v - 3.725) ** 2 - 1.521e-5 + 2.798e-4 * s.dod
         return _advance(
             state,
-            window,
+            s,
             capacity_calendar=power_law_step(
                 loss=state.capacity_loss_calendar,
                 rate=s.rate_factor * alpha_cap,
@@ -203,7 +206,8 @@ class NaumannLfpAgeing:
     TUM's SimSES implementation of these papers. Cycle terms do not depend on temperature
     (cycling at 25 degC); the resistance growth falls with C-rate and is clipped at 0 above
     1.05C. Validity: calendar 0-100 % SoC with Arrhenius temperature dependence from the
-    storage matrix; cycling 25 degC, about 0.2-1C, 5-100 % DoD.
+    storage matrix; cycling at room temperature, up to about 1C, no low-temperature data.
+    See docs/ageing.md.
     """
 
     name = "lfp"
@@ -248,7 +252,7 @@ class NaumannLfpAgeing:
         )
         return _advance(
             state,
-            window,
+            s,
             capacity_calendar=power_law_step(
                 loss=state.capacity_loss_calendar,
                 rate=s.rate_factor * k_cap_cal,
@@ -309,7 +313,7 @@ def ageing_model(name: str) -> AgeingModel:
 
 def _advance(
     state: AgeingState,
-    window: StressWindow,
+    stress: _Stress,
     *,
     capacity_calendar: FloatArray,
     resistance_calendar: FloatArray,
@@ -322,8 +326,8 @@ def _advance(
         capacity_loss_cycle=state.capacity_loss_cycle + capacity_cycle,
         resistance_growth_calendar=state.resistance_growth_calendar + resistance_calendar,
         resistance_growth_cycle=state.resistance_growth_cycle + resistance_cycle,
-        elapsed_s=state.elapsed_s + window.duration_s,
-        throughput_ah=state.throughput_ah + window.throughput_ah,
+        elapsed_s=state.elapsed_s + stress.duration_s,
+        throughput_ah=state.throughput_ah + stress.throughput_ah,
     )
 
 
@@ -339,6 +343,7 @@ class _Stress:
     c_rate: FloatArray
     nominal_capacity_ah: FloatArray
     rate_factor: FloatArray
+    cycle_soc: FloatArray
 
 
 def _checked_stress(
@@ -357,6 +362,7 @@ def _checked_stress(
         "mean_dod": window.mean_dod,
         "mean_c_rate": window.mean_c_rate,
         "nominal_capacity_ah": window.nominal_capacity_ah,
+        "cycle_mean_soc": window.cycle_mean_soc,
     }
     checked = {k: as_cell_array(v, n_cells=n, name=k, source=source) for k, v in arrays.items()}
     _check_range(
@@ -416,6 +422,7 @@ def _checked_stress(
         c_rate=checked["mean_c_rate"],
         nominal_capacity_ah=nominal,
         rate_factor=factor,
+        cycle_soc=np.clip(checked["cycle_mean_soc"], 0.0, 1.0),
     )
 
 

@@ -342,6 +342,7 @@ class EcmTwin:
         self._w_ah = np.zeros(n)
         self._w_dod_ah = np.zeros(n)
         self._w_crate_ah = np.zeros(n)
+        self._w_cyc_soc_ah = np.zeros(n)
 
     def replace_cells(self, cells: list[int] | np.ndarray, *, init: CellInit) -> None:
         """Swap ``cells`` for fresh ones described by ``init`` (scalars or per-replaced-cell).
@@ -375,6 +376,7 @@ class EcmTwin:
         self._w_ah[idx] = 0.0
         self._w_dod_ah[idx] = 0.0
         self._w_crate_ah[idx] = 0.0
+        self._w_cyc_soc_ah[idx] = 0.0
         self._w_soc[idx] = self._soc[idx] * self._w_elapsed
         self._w_temp[idx] = self._temp[idx] * self._w_elapsed
         for mask in self._beyond.values():
@@ -486,6 +488,7 @@ class EcmTwin:
         self._w_ah[idx] += self._run_ah[idx]
         self._w_dod_ah[idx] += dod * self._run_ah[idx]
         self._w_crate_ah[idx] += self._run_crate_ah[idx]
+        self._w_cyc_soc_ah[idx] += 0.5 * (soc_now[idx] + self._soc_turn[idx]) * self._run_ah[idx]
         self._run_ah[idx] = 0.0
         self._run_crate_ah[idx] = 0.0
         self._soc_turn[idx] = soc_now[idx]
@@ -496,14 +499,18 @@ class EcmTwin:
             has = self._w_ah > 0
             mean_dod = np.where(has, self._w_dod_ah / np.where(has, self._w_ah, 1.0), 0.0)
             mean_c = np.where(has, self._w_crate_ah / np.where(has, self._w_ah, 1.0), 0.0)
+        mean_soc = self._w_soc / duration
         window = StressWindow(
             duration_s=duration,
-            mean_soc=self._w_soc / duration,
+            mean_soc=mean_soc,
             mean_temperature_c=self._w_temp / duration,
             throughput_ah=self._w_ah.copy(),
             mean_dod=mean_dod,
             mean_c_rate=mean_c,
             nominal_capacity_ah=self._q_start.copy(),
+            cycle_mean_soc=np.where(
+                has, self._w_cyc_soc_ah / np.where(has, self._w_ah, 1.0), mean_soc
+            ),
         )
         self._ageing_state = self._ageing.update(self._ageing_state, window, rate_factor=self._rate)
         self._apply_ageing()

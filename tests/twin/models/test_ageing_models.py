@@ -53,6 +53,7 @@ def window(
         mean_dod=arr(dod),
         mean_c_rate=arr(c_rate),
         nominal_capacity_ah=np.full(n, capacity_ah),
+        cycle_mean_soc=arr(soc),
     )
 
 
@@ -179,6 +180,7 @@ def test_losses_never_decrease_under_random_stress(name: str) -> None:
             mean_dod=np.where(efc > 0, rng.uniform(0.01, 1.0, n), 0.0),
             mean_c_rate=np.where(efc > 0, rng.uniform(0.05, 2.0, n), 0.0),
             nominal_capacity_ah=np.full(n, 3.0),
+            cycle_mean_soc=rng.uniform(0.0, 1.0, n),
         )
         new = model.update(state, w, rate_factor=rng.uniform(0.5, 1.5, n))
         for field in LOSS_FIELDS:

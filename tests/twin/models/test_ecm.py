@@ -9,6 +9,7 @@ import pytest
 
 from tests.twin.conftest import make_params
 from twin.errors import ParameterSetError, TwinInputError
+from twin.models.ageing import AgeingState, StressWindow
 from twin.models.ecm import CellInit, EcmOptions, EcmTwin
 from twin.models.ecm_params import ThermalParameters
 from twin.params import load_parameter_set
@@ -235,3 +236,68 @@ def test_json_round_trip(tmp_path: object) -> None:
     again = load_parameter_set(str(path))
     np.testing.assert_array_equal(again.r0_ohm, params.r0_ohm)
     assert again.limits == params.limits
+
+
+class _Recorder:
+    """An ageing model that records the windows it is given and ages nothing."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.windows: list[StressWindow] = []
+
+    def update(
+        self, state: AgeingState, window: StressWindow, *, rate_factor: np.ndarray
+    ) -> AgeingState:
+        self.windows.append(window)
+        return state
+
+
+def test_stress_windows_count_half_cycles() -> None:
+    recorder = _Recorder()
+    params = make_params(capacity_ah=10.0)
+    opts = EcmOptions(ageing=recorder, ageing_interval_s=7200.0, thermal=False)
+    twin = EcmTwin(params, n_cells=2, init=CellInit(soc=0.9), options=opts)
+    # Cell 0: 1 h discharge at 0.6C (0.9 -> 0.3), 1 h charge at 0.6C (back to 0.9).
+    # Cell 1: rests all the time.
+    for _ in range(360):
+        twin.step(current_a=[6.0, 0.0], dt_s=10.0, ambient_c=25.0)
+    for _ in range(360):
+        twin.step(current_a=[-6.0, 0.0], dt_s=10.0, ambient_c=25.0)
+    (w,) = recorder.windows
+    assert w.duration_s == pytest.approx(7200.0)
+    # Only the discharge half-cycle has ended (at the reversal): 6 Ah, depth 0.6, at C/rate 0.6.
+    np.testing.assert_allclose(w.throughput_ah, [6.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(w.mean_dod, [0.6, 0.0], atol=1e-9)
+    np.testing.assert_allclose(w.mean_c_rate, [0.6, 0.0], atol=1e-9)
+    np.testing.assert_allclose(w.cycle_mean_soc[0], 0.6, atol=1e-9)  # midpoint of 0.9 -> 0.3
+    np.testing.assert_allclose(w.mean_soc, [0.6, 0.9], atol=2e-3)
+    twin.flush_ageing()  # closes the open charge half-cycle
+    np.testing.assert_allclose(recorder.windows[-1].throughput_ah, [6.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(recorder.windows[-1].mean_dod, [0.6, 0.0], atol=1e-9)
+
+
+def test_ageing_is_monotonic_and_faster_when_hot() -> None:
+    params = load_parameter_set("ecm_example")
+    opts = EcmOptions(ageing="nmc", ageing_interval_s=3600.0)
+    cool = EcmTwin(params, init=CellInit(soc=0.5, soh=0.85, temperature_c=15.0), options=opts)
+    hot = EcmTwin(params, init=CellInit(soc=0.5, soh=0.85, temperature_c=45.0), options=opts)
+    caps = []
+    for k in range(24 * 20):  # 20 days of 30 min 0.5C cycling per hour
+        current = 50.0 if k % 2 == 0 else -50.0
+        cool.step(current_a=current, dt_s=1800.0, ambient_c=15.0)
+        hot.step(current_a=current, dt_s=1800.0, ambient_c=45.0)
+        caps.append(cool.capacity_ah[0])
+    assert np.all(np.diff(caps) <= 0) and caps[-1] < caps[0]
+    assert hot.capacity_ah[0] < cool.capacity_ah[0]
+    assert hot.resistance_factor[0] > cool.resistance_factor[0] > 1.0
+
+
+def test_second_life_cell_fades_slower_than_fresh() -> None:
+    params = load_parameter_set("ecm_example")
+    opts = EcmOptions(ageing="nmc")
+    twin = EcmTwin(params, n_cells=2, init=CellInit(soc=0.5, soh=[1.0, 0.8]), options=opts)
+    for k in range(24 * 10):
+        twin.step(current_a=40.0 if k % 2 == 0 else -40.0, dt_s=1800.0, ambient_c=25.0)
+    lost = np.array([100.0, 80.0]) - twin.capacity_ah
+    assert lost[1] < 0.5 * lost[0]
