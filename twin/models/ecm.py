@@ -222,7 +222,12 @@ class EcmTwin:
         self, soc: FloatArray, temperature_c: FloatArray, charging: np.ndarray
     ) -> FloatArray:
         """R0, R1..Rn, tau1..taun at each cell's state, shape ``(1 + 2 n_rc, N)``."""
-        i_s, f_s = self._soc_index(soc)
+        return self._lookup_at(*self._soc_index(soc), temperature_c, charging)
+
+    def _lookup_at(
+        self, i_s: np.ndarray, f_s: FloatArray, temperature_c: FloatArray, charging: np.ndarray
+    ) -> FloatArray:
+        """As :meth:`_lookup`, from a precomputed SoC grid index and fraction."""
         idx = charging * (self._nt * self._ns) + i_s
         if self._nt > 1:
             x = (temperature_c - self._t0) * self._inv_dt
@@ -242,7 +247,11 @@ class EcmTwin:
 
     def _ocv_at(self, soc: FloatArray, temperature_c: FloatArray) -> tuple[FloatArray, FloatArray]:
         """OCV and dOCV/dT at each cell's SoC and temperature."""
-        i, f = self._soc_index(soc)
+        return self._ocv_at_index(*self._soc_index(soc), temperature_c)
+
+    def _ocv_at_index(
+        self, i: np.ndarray, f: FloatArray, temperature_c: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
         ocv = np.take(self._ocv, i, mode="clip")
         ocv += f * np.take(self._ocv_step, i, mode="clip")
         dudt = np.take(self._dudt, i, mode="clip")
@@ -311,7 +320,7 @@ class EcmTwin:
         self._v_rc = np.zeros((self.n_rc, n))
         self._time_s = 0.0
         self._reset_window()
-        self._last_dir = np.zeros(n, dtype=np.int8)
+        self._last_dir = np.zeros(n)  # sign of the last non-rest current
         self._soc_turn = self._soc.copy()
         self._run_ah = np.zeros(n)
         self._run_crate_ah = np.zeros(n)
@@ -331,6 +340,7 @@ class EcmTwin:
         return state
 
     def _apply_ageing(self) -> None:
+        self._threshold_a = self.options.reversal_threshold_c_rate * self._q_start
         self._capacity = self._q_start * self._ageing_state.capacity_fraction
         self._r_factor = self._r_start * self._ageing_state.resistance_factor
 
@@ -395,17 +405,17 @@ class EcmTwin:
         the local OCV slope. Used to solve power/voltage-controlled steps and the
         current split of parallel cells.
         """
-        p = self._lookup(self._soc, self._temp, charging)
+        i_s, f_s = self._soc_index(self._soc)
+        p = self._lookup_at(i_s, f_s, self._temp, charging)
         n = self.n_rc
         rf = self._r_factor
         z = p[0] * rf
-        e, _ = self._ocv_at(self._soc, self._temp)
+        e, _ = self._ocv_at_index(i_s, f_s, self._temp)
         for k in range(n):
             a = np.exp(-dt_s / p[1 + n + k])
             e = e - a * self._v_rc[k]
             z = z + p[1 + k] * rf * (1.0 - a)
-        i, _ = self._soc_index(self._soc)
-        docv_dsoc = self._ocv_step[i] * self._inv_ds
+        docv_dsoc = self._ocv_step[i_s] * self._inv_ds
         z = z + docv_dsoc * dt_s / (3600.0 * self._capacity)
         return e, z
 
@@ -418,7 +428,18 @@ class EcmTwin:
     ) -> CellStep:
         n = self.n_rc
         charging = current < 0
-        p = self._lookup(self._soc, self._temp, charging)
+        stored = (
+            current
+            if self.options.coulombic_efficiency == 1.0
+            else np.where(charging, current * self.options.coulombic_efficiency, current)
+        )
+        soc_start = self._soc
+        temp_start = self._temp
+        soc_end = soc_start - stored * (dt / 3600.0) / self._capacity
+        # Zero-order hold: R, C (and OCV) are taken at the end-of-step SoC, so one grid
+        # index serves the R/C tables and the OCV curve.
+        i_s, f_s = self._soc_index(soc_end)
+        p = self._lookup_at(i_s, f_s, temp_start, charging)
         rf = self._r_factor
         r0 = p[0] * rf
         overpotential = r0 * current  # mean over the step, for heat
@@ -431,26 +452,18 @@ class EcmTwin:
             overpotential += r_i + dv * (tau / dt) * (1.0 - a)
             self._v_rc[k] = r_i + dv * a
             drop += self._v_rc[k]
-        stored = (
-            current
-            if self.options.coulombic_efficiency == 1.0
-            else np.where(charging, current * self.options.coulombic_efficiency, current)
-        )
-        soc_start = self._soc
-        temp_start = self._temp
-        soc_end = soc_start - stored * (dt / 3600.0) / self._capacity
+        ocv_end, dudt_end = self._ocv_at_index(i_s, f_s, temp_start)
         # Thermal: exact relaxation towards the steady state for this step's heat.
-        ocv_end, dudt_end = self._ocv_at(soc_end, self._temp)
         if self.options.thermal:
             th = self.params.thermal
-            heat = current * overpotential - current * (self._temp + _KELVIN) * dudt_end
+            heat = current * overpotential - current * (temp_start + _KELVIN) * dudt_end
             if extra_heat_w is not None:
                 heat += extra_heat_w
             t_inf = ambient + heat / th.heat_transfer_w_per_k
             decay = np.exp(-dt * th.heat_transfer_w_per_k / th.heat_capacity_j_per_k)
-            temp_mean_over = t_inf + (self._temp - t_inf) * decay
-            temp_mid = 0.5 * (self._temp + temp_mean_over)
-            self._temp = temp_mean_over
+            temp_end = t_inf + (temp_start - t_inf) * decay
+            temp_mid = 0.5 * (temp_start + temp_end)
+            self._temp = temp_end
         else:
             temp_mid = ambient
             self._temp = ambient.copy()
@@ -470,16 +483,16 @@ class EcmTwin:
         self._w_soc += (soc_start + self._soc) * (0.5 * dt)
         self._w_temp += temp_mid * dt
         abs_i = np.abs(current)
-        threshold = self.options.reversal_threshold_c_rate * self._q_start
-        direction = np.sign(current).astype(np.int8)
-        direction[abs_i < threshold] = 0
-        reversed_ = (direction != 0) & (direction != self._last_dir) & (self._last_dir != 0)
+        moving = abs_i >= self._threshold_a
+        reversed_ = moving & (current * self._last_dir < 0)
         if reversed_.any():
             self._close_half_cycles(np.flatnonzero(reversed_), soc_start)
-        np.copyto(self._last_dir, direction, where=direction != 0)
+        np.copyto(self._last_dir, np.sign(current), where=moving)
         ah = abs_i * (dt / 3600.0)
         self._run_ah += ah
-        self._run_crate_ah += ah * abs_i / self._q_start
+        ah *= abs_i
+        ah /= self._q_start
+        self._run_crate_ah += ah
         if self._w_elapsed >= self.options.ageing_interval_s:
             self._close_window()
 
@@ -536,12 +549,13 @@ class EcmTwin:
         )
         events: list[TwinEvent] = []
         for kind, values, limit, above in checks:
+            # One reduction per check; masks only while some cell is beyond the limit.
+            crossed = values.max() > limit if above else values.min() < limit
+            if not crossed:
+                self._beyond.pop(kind, None)
+                continue
             beyond = values > limit if above else values < limit
             was = self._beyond.get(kind)
-            if not beyond.any():
-                if was is not None:
-                    del self._beyond[kind]
-                continue
             new = beyond if was is None else beyond & ~was
             self._beyond[kind] = beyond
             if new.any():
