@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from batterytwin.cli import app
@@ -81,3 +82,18 @@ def test_impedance_json_limits() -> None:
     assert rows[0]["frequency_hz"] == 1e5 and rows[-1]["frequency_hz"] == 1e-5
     assert rows[-1]["z_re_ohm"] > rows[0]["z_re_ohm"] > 0  # R0 + R1 at DC, R0 at high frequency
     assert abs(rows[0]["z_im_ohm"]) < 1e-6
+
+
+@pytest.mark.pybamm
+def test_run_pybamm_experiment(tmp_path: Path) -> None:
+    out = tmp_path / "pybamm.csv"
+    args = ["twin", "run", "--params", "pybamm:Chen2020", "--soc", "0.9", "--dt", "30"]
+    steps = "Discharge at 1C until 3.3 V; Hold at 3.3 V for 5 min"
+    result = runner.invoke(app, [*args, "--experiment", steps, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    cc = [r for r in rows if r[1] == "0"]
+    assert float(cc[0][2]) == pytest.approx(5.0)  # 1C of Chen2020's 5 Ah cell
+    assert float(cc[-1][3]) <= 3.3 < float(cc[-2][3])
+    cv = [float(r[3]) for r in rows if r[1] == "1"]
+    assert all(abs(v - 3.3) < 1e-3 for v in cv)
