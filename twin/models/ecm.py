@@ -211,6 +211,9 @@ class EcmTwin:
         self._ocv_step = np.append(np.diff(ocv), 0.0)  # per grid index
         self._dudt = np.interp(soc, p.soc_grid, p.entropic_v_per_k)
         self._dudt_step = np.append(np.diff(self._dudt), 0.0)
+        self._ocv_table = np.ascontiguousarray(
+            np.stack((self._ocv, self._ocv_step, self._dudt, self._dudt_step))
+        )
 
     def _soc_index(self, soc: FloatArray) -> tuple[np.ndarray, FloatArray]:
         x = (soc - self._s0) * self._inv_ds
@@ -225,9 +228,20 @@ class EcmTwin:
         return self._lookup_at(*self._soc_index(soc), temperature_c, charging)
 
     def _lookup_at(
-        self, i_s: np.ndarray, f_s: FloatArray, temperature_c: FloatArray, charging: np.ndarray
+        self,
+        i_s: np.ndarray,
+        f_s: FloatArray,
+        temperature_c: FloatArray,
+        charging: np.ndarray,
+        *,
+        cached: bool = False,
     ) -> FloatArray:
-        """As :meth:`_lookup`, from a precomputed SoC grid index and fraction."""
+        """As :meth:`_lookup`, from a precomputed SoC grid index and fraction.
+
+        With ``cached``, the gathered table coefficients are kept per cell and only the
+        cells whose grid cell changed are gathered again (a cell at 1C crosses a 1 % SoC
+        grid line about once a minute). The tables are immutable, so this is exact.
+        """
         idx = charging * (self._nt * self._ns) + i_s
         if self._nt > 1:
             x = (temperature_c - self._t0) * self._inv_dt
@@ -235,7 +249,15 @@ class EcmTwin:
             i_t = x.astype(np.intp)
             f_t = x - i_t
             idx += i_t * self._ns
-        g = np.take(self._table, idx, axis=1, mode="clip").reshape(4, -1, self._n)
+        if cached:
+            changed = idx != self._gather_idx
+            if changed.any():
+                cols = np.flatnonzero(changed)
+                self._gather[:, cols] = np.take(self._table, idx[cols], axis=1)
+                self._gather_idx[cols] = idx[cols]
+            g = self._gather.reshape(4, -1, self._n)
+        else:
+            g = np.take(self._table, idx, axis=1, mode="clip").reshape(4, -1, self._n)
         out: FloatArray = g[1] * f_s
         out += g[0]
         if self._nt > 1:
@@ -250,12 +272,21 @@ class EcmTwin:
         return self._ocv_at_index(*self._soc_index(soc), temperature_c)
 
     def _ocv_at_index(
-        self, i: np.ndarray, f: FloatArray, temperature_c: FloatArray
+        self, i: np.ndarray, f: FloatArray, temperature_c: FloatArray, *, cached: bool = False
     ) -> tuple[FloatArray, FloatArray]:
-        ocv = np.take(self._ocv, i, mode="clip")
-        ocv += f * np.take(self._ocv_step, i, mode="clip")
-        dudt = np.take(self._dudt, i, mode="clip")
-        dudt += f * np.take(self._dudt_step, i, mode="clip")
+        if cached:
+            changed = i != self._ocv_gather_idx
+            if changed.any():
+                cols = np.flatnonzero(changed)
+                self._ocv_gather[:, cols] = np.take(self._ocv_table, i[cols], axis=1)
+                self._ocv_gather_idx[cols] = i[cols]
+            g = self._ocv_gather
+        else:
+            g = np.take(self._ocv_table, i, axis=1, mode="clip")
+        ocv = g[1] * f
+        ocv += g[0]
+        dudt = g[3] * f
+        dudt += g[2]
         ocv += dudt * (temperature_c - self.params.reference_temperature_c)
         return ocv, dudt
 
@@ -318,6 +349,11 @@ class EcmTwin:
         self._ageing_state = self._prior_ageing(soh)
         self._apply_ageing()
         self._v_rc = np.zeros((self.n_rc, n))
+        # Per-cell caches of gathered table coefficients (see _lookup_at); -1 = empty.
+        self._gather = np.empty((self._table.shape[0], n))
+        self._gather_idx = np.full(n, -1, dtype=np.intp)
+        self._ocv_gather = np.empty((4, n))
+        self._ocv_gather_idx = np.full(n, -1, dtype=np.intp)
         self._time_s = 0.0
         self._reset_window()
         self._last_dir = np.zeros(n)  # sign of the last non-rest current
@@ -439,7 +475,7 @@ class EcmTwin:
         # Zero-order hold: R, C (and OCV) are taken at the end-of-step SoC, so one grid
         # index serves the R/C tables and the OCV curve.
         i_s, f_s = self._soc_index(soc_end)
-        p = self._lookup_at(i_s, f_s, temp_start, charging)
+        p = self._lookup_at(i_s, f_s, temp_start, charging, cached=True)
         rf = self._r_factor
         r0 = p[0] * rf
         overpotential = r0 * current  # mean over the step, for heat
@@ -452,7 +488,7 @@ class EcmTwin:
             overpotential += r_i + dv * (tau / dt) * (1.0 - a)
             self._v_rc[k] = r_i + dv * a
             drop += self._v_rc[k]
-        ocv_end, dudt_end = self._ocv_at_index(i_s, f_s, temp_start)
+        ocv_end, dudt_end = self._ocv_at_index(i_s, f_s, temp_start, cached=True)
         # Thermal: exact relaxation towards the steady state for this step's heat.
         if self.options.thermal:
             th = self.params.thermal
