@@ -254,10 +254,10 @@ class Pack:
 
     # ---------------------------------------------------------------- physics
     def _split(
-        self, dt: float, charging: bool
+        self, dt: float, pack_current_sign: float
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
         """Per-cell (E', Z) and per-string (E, Z) of the coming step."""
-        flags = np.full(self.n_cells, charging)
+        flags = self.cells._direction_tables(np.full(self.n_cells, pack_current_sign))
         e, z = self.cells.thevenin(dt_s=dt, charging=flags)
         e_bal = (e - z * self._balancing).reshape(self.topology.shape)
         g = 1.0 / z.reshape(self.topology.shape)
@@ -267,7 +267,7 @@ class Pack:
         return e_bal, g, e_group, z_group, np.stack((e_group.sum(axis=1), z_group.sum(axis=1)))
 
     def _cell_currents(self, pack_current: float, dt: float) -> tuple[FloatArray, FloatArray]:
-        e_bal, g, e_group, z_group, (e_str, z_str) = self._split(dt, pack_current < 0)
+        e_bal, g, e_group, z_group, (e_str, z_str) = self._split(dt, float(np.sign(pack_current)))
         g_str = 1.0 / z_str
         v_pack = (np.sum(e_str * g_str) - pack_current) / np.sum(g_str)
         i_str = (e_str - v_pack) * g_str
@@ -337,7 +337,7 @@ class Pack:
         p, dt, amb = self._check(power_w, "power_w", dt_s, ambient_c)
         if not self._contactor_closed or p == 0.0:
             return self.step(current_a=0.0, dt_s=dt, ambient_c=amb)
-        *_, (e_str, z_str) = self._split(dt, p < 0)
+        *_, (e_str, z_str) = self._split(dt, float(np.sign(p)))
         g = 1.0 / z_str
         z_pack = 1.0 / g.sum()
         e_pack = float(np.sum(e_str * g) * z_pack)

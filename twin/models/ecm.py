@@ -256,24 +256,35 @@ class EcmTwin:
                 self._gather[:, cols] = np.take(self._table, idx[cols], axis=1)
                 self._gather_idx[cols] = idx[cols]
             g = self._gather.reshape(4, -1, self._n)
+            # (n_par, N) blocks exceed malloc's mmap threshold: fresh temporaries would
+            # cost a page-faulting allocation each, so the hot path reuses two buffers.
+            out, tmp = self._buf_out, self._buf_tmp
         else:
             g = np.take(self._table, idx, axis=1, mode="clip").reshape(4, -1, self._n)
-        out: FloatArray = g[1] * f_s
-        out += g[0]
+            out, tmp = np.empty(g.shape[1:]), np.empty(g.shape[1:])
         if self._nt > 1:
-            tmp = g[2] * f_t
-            out += tmp
-            np.multiply(g[3], f_s * f_t, out=tmp)
-            out += tmp
+            # (c0 + c2 ft) + fs (c1 + c3 ft): bilinear in SoC and temperature.
+            np.multiply(g[2], f_t, out=out)
+            np.add(out, g[0], out=out)
+            np.multiply(g[3], f_t, out=tmp)
+            np.add(tmp, g[1], out=tmp)
+            np.multiply(tmp, f_s, out=tmp)
+            np.add(out, tmp, out=out)
+        else:
+            np.multiply(g[1], f_s, out=out)
+            np.add(out, g[0], out=out)
         return out
 
     def _ocv_at(self, soc: FloatArray, temperature_c: FloatArray) -> tuple[FloatArray, FloatArray]:
         """OCV and dOCV/dT at each cell's SoC and temperature."""
-        return self._ocv_at_index(*self._soc_index(soc), temperature_c)
+        ocv, dudt = self._ocv_at_index(*self._soc_index(soc))
+        ocv += dudt * (temperature_c - self.params.reference_temperature_c)
+        return ocv, dudt
 
     def _ocv_at_index(
-        self, i: np.ndarray, f: FloatArray, temperature_c: FloatArray, *, cached: bool = False
+        self, i: np.ndarray, f: FloatArray, *, cached: bool = False
     ) -> tuple[FloatArray, FloatArray]:
+        """OCV at the reference temperature and dOCV/dT, from a SoC grid index."""
         if cached:
             changed = i != self._ocv_gather_idx
             if changed.any():
@@ -287,7 +298,6 @@ class EcmTwin:
         ocv += g[0]
         dudt = g[3] * f
         dudt += g[2]
-        ocv += dudt * (temperature_c - self.params.reference_temperature_c)
         return ocv, dudt
 
     # ------------------------------------------------------------------- state
@@ -352,6 +362,8 @@ class EcmTwin:
         # Per-cell caches of gathered table coefficients (see _lookup_at); -1 = empty.
         self._gather = np.empty((self._table.shape[0], n))
         self._gather_idx = np.full(n, -1, dtype=np.intp)
+        self._buf_out = np.empty((self._table.shape[0] // 4, n))
+        self._buf_tmp = np.empty_like(self._buf_out)
         self._ocv_gather = np.empty((4, n))
         self._ocv_gather_idx = np.full(n, -1, dtype=np.intp)
         self._time_s = 0.0
@@ -359,11 +371,13 @@ class EcmTwin:
         self._last_dir = np.zeros(n)  # sign of the last non-rest current
         self._soc_turn = self._soc.copy()
         self._run_ah = np.zeros(n)
-        self._run_crate_ah = np.zeros(n)
+        self._run_i_ah = np.zeros(n)
         self._beyond: dict[str, np.ndarray] = {}
         self._last_current = np.zeros(n)
         ocv, _ = self._ocv_at(self._soc, self._temp)
         self._voltage = ocv
+        for arr in (self._soc, self._temp, self._voltage):
+            arr.setflags(write=False)
         return self._report(self.ecm_parameters_now()["r0_ohm"], ())
 
     def _prior_ageing(self, soh: FloatArray) -> AgeingState:
@@ -378,6 +392,7 @@ class EcmTwin:
     def _apply_ageing(self) -> None:
         self._threshold_a = self.options.reversal_threshold_c_rate * self._q_start
         self._capacity = self._q_start * self._ageing_state.capacity_fraction
+        self._capacity.setflags(write=False)
         self._r_factor = self._r_start * self._ageing_state.resistance_factor
 
     def _reset_window(self) -> None:
@@ -411,8 +426,13 @@ class EcmTwin:
         rf = arr(init.resistance_factor, "resistance_factor")
         rate = arr(init.ageing_rate_factor, "ageing_rate_factor")
         _check_cell_init(soh=soh, soc=soc, resistance_factor=rf, rate=rate, source="replace_cells")
+        # Steps hand these arrays out read-only: copy, change, freeze.
+        self._soc = self._soc.copy()
         self._soc[idx] = soc
+        self._temp = self._temp.copy()
         self._temp[idx] = arr(init.temperature_c, "temperature_c")
+        self._soc.setflags(write=False)
+        self._temp.setflags(write=False)
         self._q_start[idx] = self.params.nominal_capacity_ah * np.maximum(soh, 1.0)
         self._r_start[idx] = rf
         self._rate[idx] = rate
@@ -431,9 +451,19 @@ class EcmTwin:
         self._last_dir[idx] = 0
         self._soc_turn[idx] = self._soc[idx]
         self._run_ah[idx] = 0.0
-        self._run_crate_ah[idx] = 0.0
+        self._run_i_ah[idx] = 0.0
 
     # ----------------------------------------------------------------- physics
+    def _direction_tables(self, current: FloatArray) -> np.ndarray:
+        """Which direction's tables apply: charge while charging, and during a rest
+        those of the direction the cell last moved in (relaxation after a charge
+        pulse follows the charge time constants)."""
+        charging = current < 0
+        resting = current == 0.0
+        if resting.any():
+            charging |= resting & (self._last_dir < 0)
+        return charging
+
     def thevenin(self, *, dt_s: float, charging: np.ndarray) -> tuple[FloatArray, FloatArray]:
         """Linear model of the coming step: ``V_end = E - Z * I`` per cell.
 
@@ -446,7 +476,8 @@ class EcmTwin:
         n = self.n_rc
         rf = self._r_factor
         z = p[0] * rf
-        e, _ = self._ocv_at_index(i_s, f_s, self._temp)
+        e, dudt = self._ocv_at_index(i_s, f_s)
+        e += dudt * (self._temp - self.params.reference_temperature_c)
         for k in range(n):
             a = np.exp(-dt_s / p[1 + n + k])
             e = e - a * self._v_rc[k]
@@ -463,7 +494,7 @@ class EcmTwin:
         extra_heat_w: FloatArray | None = None,
     ) -> CellStep:
         n = self.n_rc
-        charging = current < 0
+        charging = self._direction_tables(current)
         stored = (
             current
             if self.options.coulombic_efficiency == 1.0
@@ -478,46 +509,49 @@ class EcmTwin:
         p = self._lookup_at(i_s, f_s, temp_start, charging, cached=True)
         rf = self._r_factor
         r0 = p[0] * rf
-        overpotential = r0 * current  # mean over the step, for heat
-        drop = overpotential.copy()  # at the end of the step, for voltage
-        for k in range(n):
-            tau = p[1 + n + k]
-            r_i = p[1 + k] * rf * current
-            a = np.exp(-dt / tau)
-            dv = self._v_rc[k] - r_i
-            overpotential += r_i + dv * (tau / dt) * (1.0 - a)
-            self._v_rc[k] = r_i + dv * a
-            drop += self._v_rc[k]
-        ocv_end, dudt_end = self._ocv_at_index(i_s, f_s, temp_start, cached=True)
-        # Thermal: exact relaxation towards the steady state for this step's heat.
+        r0_drop = r0 * current
+        # All RC pairs at once, as (n_rc, N) blocks.
+        tau = p[1 + n :]
+        r_i = p[1 : 1 + n] * (rf * current)
+        a = np.exp(-dt / tau)
+        dv = self._v_rc - r_i
+        self._v_rc = r_i + dv * a
+        # Mean RC voltage over the step (for heat) and the voltage at its end.
+        mean_rc = r_i + dv * (tau * (1.0 / dt)) * (1.0 - a)
+        ocv_ref, dudt = self._ocv_at_index(i_s, f_s, cached=True)
         if self.options.thermal:
+            # Exact relaxation towards the steady state for this step's heat.
             th = self.params.thermal
-            heat = current * overpotential - current * (temp_start + _KELVIN) * dudt_end
+            heat = current * (r0_drop + mean_rc.sum(axis=0) - (temp_start + _KELVIN) * dudt)
             if extra_heat_w is not None:
                 heat += extra_heat_w
-            t_inf = ambient + heat / th.heat_transfer_w_per_k
+            t_inf = ambient + heat * (1.0 / th.heat_transfer_w_per_k)
             decay = np.exp(-dt * th.heat_transfer_w_per_k / th.heat_capacity_j_per_k)
             temp_end = t_inf + (temp_start - t_inf) * decay
-            temp_mid = 0.5 * (temp_start + temp_end)
-            self._temp = temp_end
         else:
-            temp_mid = ambient
-            self._temp = ambient.copy()
-        # OCV was taken at the start temperature; move it to the end temperature.
-        ocv_end += dudt_end * (self._temp - temp_start)
-        self._voltage = ocv_end - drop
+            temp_end = ambient.copy()
+        ocv_end = ocv_ref + dudt * (temp_end - self.params.reference_temperature_c)
+        ocv_end -= r0_drop
+        ocv_end -= self._v_rc.sum(axis=0)
+        # These arrays are replaced every step, never changed in place, so the step can
+        # hand them out read-only instead of copying them.
+        for arr in (ocv_end, soc_end, temp_end):
+            arr.setflags(write=False)
+        self._voltage = ocv_end
         self._soc = soc_end
+        self._temp = temp_end
         self._time_s += dt
         self._last_current = current
-        self._accumulate_stress(current, soc_start, temp_mid, dt)
+        self._accumulate_stress(current, soc_start, temp_start, dt)
         return self._report(r0, self._check_limits())
 
     def _accumulate_stress(
-        self, current: FloatArray, soc_start: FloatArray, temp_mid: FloatArray, dt: float
+        self, current: FloatArray, soc_start: FloatArray, temp_start: FloatArray, dt: float
     ) -> None:
         self._w_elapsed += dt
-        self._w_soc += (soc_start + self._soc) * (0.5 * dt)
-        self._w_temp += temp_mid * dt
+        half_dt = 0.5 * dt
+        self._w_soc += (soc_start + self._soc) * half_dt
+        self._w_temp += (temp_start + self._temp) * half_dt
         abs_i = np.abs(current)
         moving = abs_i >= self._threshold_a
         reversed_ = moving & (current * self._last_dir < 0)
@@ -527,8 +561,7 @@ class EcmTwin:
         ah = abs_i * (dt / 3600.0)
         self._run_ah += ah
         ah *= abs_i
-        ah /= self._q_start
-        self._run_crate_ah += ah
+        self._run_i_ah += ah  # sum of |I| * Ah; divided by the capacity at closure
         if self._w_elapsed >= self.options.ageing_interval_s:
             self._close_window()
 
@@ -536,10 +569,10 @@ class EcmTwin:
         dod = np.abs(soc_now[idx] - self._soc_turn[idx])
         self._w_ah[idx] += self._run_ah[idx]
         self._w_dod_ah[idx] += dod * self._run_ah[idx]
-        self._w_crate_ah[idx] += self._run_crate_ah[idx]
+        self._w_crate_ah[idx] += self._run_i_ah[idx] / self._q_start[idx]
         self._w_cyc_soc_ah[idx] += 0.5 * (soc_now[idx] + self._soc_turn[idx]) * self._run_ah[idx]
         self._run_ah[idx] = 0.0
-        self._run_crate_ah[idx] = 0.0
+        self._run_i_ah[idx] = 0.0
         self._soc_turn[idx] = soc_now[idx]
 
     def _close_window(self) -> None:
@@ -611,11 +644,9 @@ class EcmTwin:
         return CellStep(
             time_s=self._time_s,
             current_a=np.array(self._last_current, dtype=np.float64, copy=True),
-            voltage_v=self._voltage.copy(),
-            surface_temperature_c=self._temp.copy(),
-            truth=CellTruth.basic(
-                soc=self._soc.copy(), capacity_ah=self._capacity.copy(), r0_ohm=r0
-            ),
+            voltage_v=self._voltage,
+            surface_temperature_c=self._temp,
+            truth=CellTruth.basic(soc=self._soc, capacity_ah=self._capacity, r0_ohm=r0),
             events=events,
         )
 

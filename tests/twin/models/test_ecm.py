@@ -318,3 +318,16 @@ def test_gather_cache_is_exact() -> None:
         b = fresh.step(current_a=current, dt_s=20.0, ambient_c=10.0)
         np.testing.assert_array_equal(a.voltage_v, b.voltage_v)
         np.testing.assert_array_equal(a.surface_temperature_c, b.surface_temperature_c)
+
+
+def test_step_results_are_read_only_snapshots() -> None:
+    twin = EcmTwin(load_parameter_set("ecm_example"), n_cells=3, options=NO_AGEING)
+    first = twin.step(current_a=10.0, dt_s=60.0, ambient_c=25.0)
+    with pytest.raises(ValueError, match="read-only"):
+        first.voltage_v[0] = 0.0
+    with pytest.raises(ValueError, match="read-only"):
+        first.truth.soc[0] = 0.0
+    kept = first.truth.soc.copy()
+    twin.step(current_a=10.0, dt_s=60.0, ambient_c=25.0)
+    twin.replace_cells([1], init=CellInit(soc=0.9))
+    np.testing.assert_array_equal(first.truth.soc, kept)  # earlier results never change
