@@ -270,6 +270,64 @@ def run_trace_append(trace: Any, step: Any, index: int) -> None:
 
 
 @app.command()
+def calibrate(
+    source: Annotated[
+        str, typer.Option("--from", help="pybamm:<set>, e.g. pybamm:OKane2022 or pybamm:Prada2013.")
+    ],
+    n_rc: Annotated[int, typer.Option(help="RC pairs to fit (1-4).")] = 2,
+    temperatures: Annotated[
+        str, typer.Option(help="Test temperatures [degC], comma-separated.")
+    ] = "10,25,40",
+    out: Annotated[Path | None, typer.Option(help="Write the fitted set as JSON.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Fit ECM tables to a PyBaMM model (OCV test + HPPC) and validate on a held-out profile."""
+    from twin.calibrate import calibrate_from_pybamm
+
+    with _clear_errors():
+        try:
+            temps = tuple(float(t) for t in temperatures.split(","))
+        except ValueError:
+            raise TwinInputError(
+                f"--temperatures must be numbers separated by commas, got {temperatures!r}"
+            ) from None
+        with _progress("calibrating") as bar:
+            result = calibrate_from_pybamm(
+                source, n_rc=n_rc, temperatures_c=temps, progress=lambda d, t, _m: bar(d, t)
+            )
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            result.parameters.to_json(out)
+    figures = {
+        "parameter_set": result.parameter_set,
+        "n_rc": n_rc,
+        "validation_rms_mv": result.validation_rms_mv,
+        "validation_max_mv": result.validation_max_mv,
+        "fit_rms_mv": result.fit_rms_mv,
+        "validation_rms_mv_by_temperature": {
+            f"{v.temperature_c:g}": v.rms_mv for v in result.validations
+        },
+        "elapsed_s": result.elapsed_s,
+        "out": str(out) if out else None,
+    }
+    if as_json:
+        print(json.dumps(figures))
+        return
+    table = Table(title=f"ECM fitted to PyBaMM {result.parameter_set} ({n_rc} RC pairs)")
+    table.add_column("held-out profile at")
+    table.add_column("RMS (mV)", justify="right")
+    table.add_column("max (mV)", justify="right")
+    for v in result.validations:
+        table.add_row(f"{v.temperature_c:g} degC", f"{v.rms_mv:.2f}", f"{v.max_abs_mv:.1f}")
+    console.print(table)
+    console.print(f"HPPC fit residual {result.fit_rms_mv:.2f} mV RMS; {result.elapsed_s:.0f} s")
+    for skipped in result.skipped:
+        console.print(f"  [yellow]skipped: {escape(skipped)}")
+    if out:
+        console.print(f"wrote {out}")
+
+
+@app.command()
 def impedance(
     params: Annotated[str, typer.Option(help="ECM parameter set.")] = "ecm_example",
     soc: Annotated[float, typer.Option(help="State of charge.")] = 0.5,
