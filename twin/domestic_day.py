@@ -5,7 +5,10 @@ clouds, load as a base load with morning and evening peaks and appliance spikes.
 Pillar 2 scenario (``scenarios/``) replaces it with demandlib/pvlib profiles.
 
 Controller: charge from PV surplus, discharge into the household deficit, within the
-inverter's power limit, a SoC window and the cell-voltage limits a BMS would enforce.
+inverter's power limit, a SoC window and the cell-voltage limits a BMS would enforce. The
+voltage limits act on the cell voltages as the emulated BMS sensors read them (noise,
+offset, quantisation), not on the truth. The SoC window still uses the true SoC: the
+edge SoC estimator arrives with the virtual BMS.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from twin.models.base import FloatArray
 from twin.models.ecm import EcmOptions
 from twin.pack import Pack, PackTopology, SecondLifeSpread
 from twin.params import DEFAULT_SET, load_parameter_set
+from twin.sensors import Sensors, SensorSpec
 
 __all__ = ["DayResult", "DomesticDayConfig", "household_profile", "run_domestic_day"]
 
@@ -152,6 +156,7 @@ def run_domestic_day(
     events: list[str] = []
     lim = params.limits
     lo_soc, hi_soc = cfg.soc_window
+    sensors = Sensors(SensorSpec(), n_voltage=n, n_current=1, n_temperature=n, seed=cfg.seed)
     v_cells = pack.cells.params.ocv_at(pack.cells.soc, float(ambient[0]))
     soc = pack.cells.soc
     for k in range(n_steps):
@@ -162,7 +167,13 @@ def run_domestic_day(
         if request < 0 and (soc.max() >= hi_soc or v_cells.max() >= lim.max_voltage_v - 0.02):
             request = 0.0
         out = pack.step_power(power_w=request, dt_s=cfg.dt_s, ambient_c=ambient[k])
-        v_cells, soc = out.cells.voltage_v, out.cells.truth.soc
+        reading = sensors.read(
+            time_s=out.time_s,
+            voltage_v=out.cells.voltage_v,
+            current_a=out.current_a,
+            temperature_c=out.cells.surface_temperature_c,
+        )
+        v_cells, soc = reading.voltage_v, out.cells.truth.soc
         rec["v"][k], rec["soc"][k] = v_cells, soc
         rec["t"][k], rec["cap"][k] = out.cells.surface_temperature_c, out.cells.truth.capacity_ah
         pack_v[k], pack_i[k], batt[k] = out.voltage_v, out.current_a, out.power_w
