@@ -5,7 +5,8 @@
 - ``calibration_rms_mv``: fitted ECM vs PyBaMM on a held-out dynamic profile.
 - ``blast_lite_fade_difference_pct``: our NMC fade minus BLAST-Lite's after 5 years.
 
-Run: ``python -m benches.twin --json`` (about two minutes; progress goes to stderr).
+Run: ``python -m benches.twin --json`` (under a minute once the BLAST-Lite venv exists;
+building it the first time adds about a minute; progress goes to stderr).
 A part that cannot run reports ``null`` and says why under ``errors``.
 """
 

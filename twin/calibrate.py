@@ -753,6 +753,18 @@ def validate_against_pybamm(
     config = config or CalibrationConfig()
     cell = _PybammCell(parse_source(parameter_set), config.model)
     temps = [config.validation_temperature_c] if temperatures_c is None else list(temperatures_c)
+    return _held_out(cell, params, config=config, temperatures_c=temps)
+
+
+def _held_out(
+    cell: _PybammCell,
+    params: EcmParameters,
+    *,
+    config: CalibrationConfig,
+    temperatures_c: Sequence[float],
+    report: Callable[[str], None] | None = None,
+) -> tuple[ValidationResult, ...]:
+    """The held-out profile, simulated once, compared at each temperature."""
     edges, current = validation_profile(
         capacity_ah=params.nominal_capacity_ah,
         hours=config.validation_hours,
@@ -760,9 +772,12 @@ def validate_against_pybamm(
         initial_soc=config.validation_initial_soc,
     )
     sim = cell.simulation(edges, current, scaled=False)
-    return tuple(
-        _validate(cell, params, config=config, temperature_c=float(t), sim=sim) for t in temps
-    )
+    results = []
+    for t in temperatures_c:
+        results.append(_validate(cell, params, config=config, temperature_c=float(t), sim=sim))
+        if report:
+            report(f"validated at {t:g} degC: {results[-1].rms_mv:.1f} mV RMS")
+    return tuple(results)
 
 
 # -------------------------------------------------------------------- calibrate
@@ -982,17 +997,7 @@ def calibrate_from_pybamm(
     )
 
     # (c) Held-out validation.
-    v_edges, v_current = validation_profile(
-        capacity_ah=cell.nominal_ah,
-        hours=config.validation_hours,
-        seed=config.validation_seed,
-        initial_soc=config.validation_initial_soc,
-    )
-    v_sim = cell.simulation(v_edges, v_current, scaled=False)
-    validations = []
-    for t in val_temps:
-        validations.append(_validate(cell, params, config=config, temperature_c=t, sim=v_sim))
-        report(f"validated at {t:g} degC: {validations[-1].rms_mv:.1f} mV RMS")
+    validations = _held_out(cell, params, config=config, temperatures_c=val_temps, report=report)
     headline = validations[0]
     params = replace(
         params,
@@ -1011,7 +1016,7 @@ def calibrate_from_pybamm(
         fit_rms_mv_by_temperature={
             float(t): float(np.sqrt(np.nanmean(rms[j] ** 2))) for j, t in enumerate(temps)
         },
-        validations=tuple(validations),
+        validations=validations,
         parameter_set=name,
         config=config,
         elapsed_s=time.perf_counter() - started,

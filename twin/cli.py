@@ -229,7 +229,7 @@ def run(
                         else:
                             step = twin.step_power(power_w=value, dt_s=h, ambient_c=ambient)
                         held += h
-                        run_trace_append(trace, step, k)
+                        trace.record(step, k)
                     bar(k + 1, t.size)
     data = trace.as_arrays()
     table = Table(title=f"run of {params}" + (f" ({pack})" if pack else ""))
@@ -253,20 +253,6 @@ def run(
             writer.writerow(list(data))
             writer.writerows(zip(*(v.tolist() for v in data.values()), strict=True))
         console.print(f"wrote {out}")
-
-
-def run_trace_append(trace: Any, step: Any, index: int) -> None:
-    """Append a cell or pack step to an experiment trace."""
-    from twin.experiment import _observe
-
-    current, voltage, temp, soc = _observe(step)
-    trace.time_s.append(step.time_s)
-    trace.step_index.append(index)
-    trace.current_a.append(current)
-    trace.voltage_v.append(voltage)
-    trace.temperature_c.append(temp)
-    trace.soc.append(soc)
-    trace.events.extend(str(e) for e in step.events)
 
 
 @app.command()

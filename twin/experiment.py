@@ -164,6 +164,18 @@ class ExperimentTrace:
     soc: list[float] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
+    def record(self, out: CellStep | PackStep, step_index: int) -> tuple[float, float]:
+        """Append one twin step; return its (current, voltage) for termination checks."""
+        current, voltage, temp, soc = _observe(out)
+        self.time_s.append(out.time_s)
+        self.step_index.append(step_index)
+        self.current_a.append(current)
+        self.voltage_v.append(voltage)
+        self.temperature_c.append(temp)
+        self.soc.append(soc)
+        self.events.extend(str(e) for e in out.events)
+        return current, voltage
+
     def as_arrays(self) -> dict[str, np.ndarray]:
         return {
             "time_s": np.asarray(self.time_s),
@@ -244,14 +256,7 @@ def run_experiment(
                     )
                 out = hold(voltage_v=st.value, dt_s=h, ambient_c=ambient_c)
             elapsed += h
-            current, voltage, temp, soc = _observe(out)
-            trace.time_s.append(out.time_s)
-            trace.step_index.append(index)
-            trace.current_a.append(current)
-            trace.voltage_v.append(voltage)
-            trace.temperature_c.append(temp)
-            trace.soc.append(soc)
-            trace.events.extend(str(e) for e in out.events)
+            current, voltage = trace.record(out, index)
             if _terminated(st, current=current, voltage=voltage, capacity_ah=capacity_ah):
                 break
         else:

@@ -138,6 +138,64 @@ class CellTwin(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class LimitCheck:
+    """One limit to watch: ``values`` beyond ``limit`` (by more than ``slack``)."""
+
+    kind: str
+    values: FloatArray
+    limit: float
+    above: bool
+    slack: float = 0.0
+
+
+class LimitMonitor:
+    """Raises a :class:`TwinEvent` when a cell *enters* the region beyond a limit.
+
+    A cell that stays beyond a limit raises nothing more until it has come back and
+    crossed again, so a long excursion is one event, not one per step. Costs one
+    reduction per check while no cell is beyond its limit.
+    """
+
+    def __init__(self) -> None:
+        self._beyond: dict[str, np.ndarray] = {}
+
+    def reset(self) -> None:
+        """Forget every excursion (after a twin's reset)."""
+        self._beyond.clear()
+
+    def forget_cells(self, cells: np.ndarray) -> None:
+        """Forget the excursions of ``cells`` (e.g. replaced cells)."""
+        for mask in self._beyond.values():
+            mask[cells] = False
+
+    def check(self, *, time_s: float, checks: tuple[LimitCheck, ...]) -> tuple[TwinEvent, ...]:
+        """Evaluate ``checks`` and return the events of cells that newly crossed."""
+        events: list[TwinEvent] = []
+        for c in checks:
+            threshold = c.limit + c.slack if c.above else c.limit - c.slack
+            crossed = c.values.max() > threshold if c.above else c.values.min() < threshold
+            if not crossed:
+                self._beyond.pop(c.kind, None)
+                continue
+            beyond = c.values > threshold if c.above else c.values < threshold
+            was = self._beyond.get(c.kind)
+            new = beyond if was is None else beyond & ~was
+            self._beyond[c.kind] = beyond
+            if new.any():
+                cells = np.flatnonzero(new)
+                events.append(
+                    TwinEvent(
+                        time_s=time_s,
+                        kind=c.kind,
+                        cells=tuple(int(i) for i in cells),
+                        values=tuple(float(v) for v in c.values[cells]),
+                        limit=float(c.limit),
+                    )
+                )
+        return tuple(events)
+
+
 def check_dt(dt_s: float, *, source: str) -> float:
     """Validate a step length.
 

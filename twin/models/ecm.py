@@ -28,6 +28,8 @@ from twin.models.base import (
     CellStep,
     CellTruth,
     FloatArray,
+    LimitCheck,
+    LimitMonitor,
     TwinEvent,
     as_cell_array,
     check_dt,
@@ -372,7 +374,7 @@ class EcmTwin:
         self._soc_turn = self._soc.copy()
         self._run_ah = np.zeros(n)
         self._run_i_ah = np.zeros(n)
-        self._beyond: dict[str, np.ndarray] = {}
+        self._limits = LimitMonitor()
         self._last_current = np.zeros(n)
         ocv, _ = self._ocv_at(self._soc, self._temp)
         self._voltage = ocv
@@ -445,8 +447,7 @@ class EcmTwin:
         self._w_cyc_soc_ah[idx] = 0.0
         self._w_soc[idx] = self._soc[idx] * self._w_elapsed
         self._w_temp[idx] = self._temp[idx] * self._w_elapsed
-        for mask in self._beyond.values():
-            mask[idx] = False
+        self._limits.forget_cells(idx)
         self._v_rc[:, idx] = 0.0
         self._last_dir[idx] = 0
         self._soc_turn[idx] = self._soc[idx]
@@ -608,37 +609,17 @@ class EcmTwin:
 
     def _check_limits(self) -> tuple[TwinEvent, ...]:
         lim = self.params.limits
-        checks = (
-            ("over_voltage", self._voltage, lim.max_voltage_v, True),
-            ("under_voltage", self._voltage, lim.min_voltage_v, False),
-            ("over_temperature", self._temp, lim.max_temperature_c, True),
-            ("under_temperature", self._temp, lim.min_temperature_c, False),
-            ("soc_above_1", self._soc, 1.0, True),
-            ("soc_below_0", self._soc, 0.0, False),
+        return self._limits.check(
+            time_s=self._time_s,
+            checks=(
+                LimitCheck("over_voltage", self._voltage, lim.max_voltage_v, above=True),
+                LimitCheck("under_voltage", self._voltage, lim.min_voltage_v, above=False),
+                LimitCheck("over_temperature", self._temp, lim.max_temperature_c, above=True),
+                LimitCheck("under_temperature", self._temp, lim.min_temperature_c, above=False),
+                LimitCheck("soc_above_1", self._soc, 1.0, above=True),
+                LimitCheck("soc_below_0", self._soc, 0.0, above=False),
+            ),
         )
-        events: list[TwinEvent] = []
-        for kind, values, limit, above in checks:
-            # One reduction per check; masks only while some cell is beyond the limit.
-            crossed = values.max() > limit if above else values.min() < limit
-            if not crossed:
-                self._beyond.pop(kind, None)
-                continue
-            beyond = values > limit if above else values < limit
-            was = self._beyond.get(kind)
-            new = beyond if was is None else beyond & ~was
-            self._beyond[kind] = beyond
-            if new.any():
-                cells = np.flatnonzero(new)
-                events.append(
-                    TwinEvent(
-                        time_s=self._time_s,
-                        kind=kind,
-                        cells=tuple(int(c) for c in cells),
-                        values=tuple(float(v) for v in values[cells]),
-                        limit=float(limit),
-                    )
-                )
-        return tuple(events)
 
     def _report(self, r0: FloatArray, events: tuple[TwinEvent, ...]) -> CellStep:
         return CellStep(

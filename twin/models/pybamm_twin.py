@@ -18,6 +18,8 @@ from twin.models.base import (
     CellStep,
     CellTruth,
     FloatArray,
+    LimitCheck,
+    LimitMonitor,
     TwinEvent,
     as_cell_array,
     check_dt,
@@ -483,6 +485,7 @@ class PybammTwin:
         self._time_s = 0.0
         self._windows = np.zeros((n, 6))
         self._last: CellStep
+        self._limits = LimitMonitor()
         self._initial = self._report_initial()
 
     @property
@@ -521,6 +524,7 @@ class PybammTwin:
         self._time_s = 0.0
         self._windows = self._initial_windows.copy()
         self._last = self._initial
+        self._limits.reset()
         return self._initial
 
     def _report_initial(self) -> CellStep:
@@ -867,36 +871,18 @@ class PybammTwin:
     def _events(self, voltage: FloatArray, temperature_c: FloatArray) -> tuple[TwinEvent, ...]:
         lower_v, upper_v = self.voltage_limits_v
         config = self._config
-        checks = (
-            ("over_voltage", voltage > upper_v + _VOLTAGE_EVENT_SLACK_V, voltage, upper_v),
-            ("under_voltage", voltage < lower_v - _VOLTAGE_EVENT_SLACK_V, voltage, lower_v),
-            (
-                "over_temperature",
-                temperature_c > config.max_temperature_c,
-                temperature_c,
-                config.max_temperature_c,
-            ),
-            (
-                "under_temperature",
-                temperature_c < config.min_temperature_c,
-                temperature_c,
-                config.min_temperature_c,
+        slack = _VOLTAGE_EVENT_SLACK_V
+        return self._limits.check(
+            time_s=self._time_s,
+            checks=(
+                LimitCheck("over_voltage", voltage, upper_v, above=True, slack=slack),
+                LimitCheck("under_voltage", voltage, lower_v, above=False, slack=slack),
+                LimitCheck("over_temperature", temperature_c, config.max_temperature_c, above=True),
+                LimitCheck(
+                    "under_temperature", temperature_c, config.min_temperature_c, above=False
+                ),
             ),
         )
-        events = []
-        for kind, mask, values, limit in checks:
-            if mask.any():
-                cells = np.flatnonzero(mask)
-                events.append(
-                    TwinEvent(
-                        time_s=self._time_s,
-                        kind=kind,
-                        cells=tuple(int(c) for c in cells),
-                        values=tuple(float(v) for v in values[cells]),
-                        limit=float(limit),
-                    )
-                )
-        return tuple(events)
 
 
 @dataclass(frozen=True, slots=True)
