@@ -97,3 +97,35 @@ def test_run_pybamm_experiment(tmp_path: Path) -> None:
     assert float(cc[-1][3]) <= 3.3 < float(cc[-2][3])
     cv = [float(r[3]) for r in rows if r[1] == "1"]
     assert all(abs(v - 3.3) < 1e-3 for v in cv)
+
+
+def test_impedance_emulate_prints_wire_records() -> None:
+    args = ["twin", "impedance", "--emulate", "--json", "--points", "8", "--noise", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert len(records) == 8
+    assert set(records[0]) >= {"frequency", "Z_re", "Z_im", "Z_mod", "Z_phz", "status", "cell_id"}
+    exact = json.loads(runner.invoke(app, ["twin", "impedance", "--json", "--points", "8"]).stdout)
+    by_f = {round(r["frequency_hz"], 6): r["z_re_ohm"] for r in exact}
+    for r in records:  # noiseless emulation reproduces the analytic spectrum (the state
+        # drifts by ~1e-7 over the two-minute sweep, which the emulation models)
+        assert r["Z_re"] == pytest.approx(by_f[round(r["frequency"], 6)], rel=1e-5)
+
+
+@pytest.mark.pybamm
+def test_run_pybamm_lfp_isothermal_and_bad_thermal() -> None:
+    base = [
+        "twin",
+        "run",
+        "--params",
+        "pybamm:Prada2013",
+        "--experiment",
+        "Discharge at 1C for 5 min",
+    ]
+    result = runner.invoke(app, [*base, "--thermal", "isothermal"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, base)  # Prada2013 ships no thermal parameters
+    assert result.exit_code == 2 and "thermal='isothermal'" in result.output
+    result = runner.invoke(app, [*base, "--thermal", "warm"])
+    assert result.exit_code == 2 and "--thermal must be lumped or isothermal" in result.output

@@ -172,6 +172,9 @@ def run(
     soc: Annotated[float, typer.Option(help="Initial SoC.")] = 0.5,
     ambient: Annotated[float, typer.Option(help="Ambient temperature [degC].")] = 25.0,
     dt: Annotated[float, typer.Option(help="Step length [s].")] = 10.0,
+    thermal: Annotated[
+        str, typer.Option(help="PyBaMM thermal model: lumped or isothermal.")
+    ] = "lumped",
     out: Annotated[Path | None, typer.Option(help="CSV of the run.")] = None,
 ) -> None:
     """Run a cell or a pack through an experiment string or a current/power profile."""
@@ -189,8 +192,16 @@ def run(
                 raise TwinInputError("--pack runs ECM cells; use an ECM parameter set")
             from twin.models.pybamm_twin import PybammTwin, PybammTwinConfig
 
+            if thermal not in ("lumped", "isothermal"):
+                raise TwinInputError(f"--thermal must be lumped or isothermal, got {thermal!r}")
             twin = PybammTwin(
-                PybammTwinConfig(parameter_set=params.split(":", 1)[1], initial_soc=soc)
+                PybammTwinConfig(
+                    parameter_set=params.split(":", 1)[1],
+                    initial_soc=soc,
+                    thermal="lumped" if thermal == "lumped" else "isothermal",
+                    initial_temperature_c=ambient,
+                    ambient_temperature_c=ambient,
+                )
             )
             capacity = twin.nominal_capacity_ah
         else:
@@ -322,9 +333,14 @@ def impedance(
     f_min: Annotated[float, typer.Option(help="Lowest frequency [Hz].")] = 0.1,
     f_max: Annotated[float, typer.Option(help="Highest frequency [Hz].")] = 5000.0,
     points: Annotated[int, typer.Option(help="Number of frequencies (log-spaced).")] = 25,
+    emulate: Annotated[
+        bool, typer.Option(help="Emulate an EIS measurement: noisy records as an edge uploads.")
+    ] = False,
+    noise: Annotated[float, typer.Option(help="Relative |Z| noise of --emulate.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Noise seed of --emulate.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print the cell's impedance spectrum Z(f) at a given state."""
+    """Print the cell's impedance spectrum Z(f) at a given state, or emulate an EIS sweep."""
     from twin.models.ecm import CellInit, EcmOptions, EcmTwin
     from twin.params import load_parameter_set
 
@@ -338,8 +354,22 @@ def impedance(
             init=CellInit(soc=soc, temperature_c=temperature, resistance_factor=resistance_factor),
             options=EcmOptions(ageing="none"),
         )
-        freq = np.geomspace(f_max, f_min, points)
-        z = cell.impedance(freq)[0]
+        if emulate:
+            from twin.eis import EisConfig, measure_eis
+
+            config = EisConfig(
+                f_min_hz=f_min, f_max_hz=f_max, n_points=points, z_noise_rel=noise, seed=seed
+            )
+            records = measure_eis(cell, event_id="cli", config=config)
+    if emulate:
+        _print_eis(
+            records,
+            title=f"Emulated EIS of {params} at SoC {soc:g}, {temperature:g} degC",
+            as_json=as_json,
+        )
+        return
+    freq = np.geomspace(f_max, f_min, points)
+    z = cell.impedance(freq)[0]
     rows = [
         {
             "frequency_hz": float(f),
@@ -363,5 +393,25 @@ def impedance(
             f"{r['z_im_ohm'] * 1e3:.4f}",
             f"{r['z_mod_ohm'] * 1e3:.4f}",
             f"{r['z_phase_deg']:.2f}",
+        )
+    console.print(table)
+
+
+def _print_eis(records: list[Any], *, title: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.to_dict() for r in records]))
+        return
+    table = Table(title=title)
+    for col in ("f (Hz)", "Z' (mOhm)", "Z'' (mOhm)", "|Z| (mOhm)", "phase (deg)", "status"):
+        table.add_column(col, justify="right")
+    for r in records:
+        d = r.to_dict()
+        table.add_row(
+            f"{d['frequency']:.4g}",
+            f"{d['Z_re'] * 1e3:.4f}",
+            f"{d['Z_im'] * 1e3:.4f}",
+            f"{d['Z_mod'] * 1e3:.4f}",
+            f"{d['Z_phz']:.2f}",
+            str(d["status"]),
         )
     console.print(table)
