@@ -337,6 +337,7 @@ def impedance(
         bool, typer.Option(help="Emulate an EIS measurement: noisy records as an edge uploads.")
     ] = False,
     noise: Annotated[float, typer.Option(help="Relative |Z| noise of --emulate.")] = 0.01,
+    phase_noise: Annotated[float, typer.Option(help="Phase noise of --emulate [deg].")] = 0.5,
     seed: Annotated[int, typer.Option(help="Noise seed of --emulate.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -358,7 +359,12 @@ def impedance(
             from twin.eis import EisConfig, measure_eis
 
             config = EisConfig(
-                f_min_hz=f_min, f_max_hz=f_max, n_points=points, z_noise_rel=noise, seed=seed
+                f_min_hz=f_min,
+                f_max_hz=f_max,
+                n_points=points,
+                z_noise_rel=noise,
+                phase_noise_deg=phase_noise,
+                seed=seed,
             )
             records = measure_eis(cell, event_id="cli", config=config)
     if emulate:
