@@ -147,7 +147,7 @@ def _t_index(temp, t0, inv_dt, nt):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True)
-def _run(  # type: ignore[no-untyped-def]  # noqa: PLR0913, PLR0915
+def _run(  # type: ignore[no-untyped-def]
     table,
     ocv_table,
     geo,  # s0, inv_ds, ns, t0, inv_dt, nt, n_rc, t_ref, heat_cap, h, thermal, ce, g_cond
