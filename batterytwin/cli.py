@@ -6,12 +6,15 @@ import os
 
 import typer
 
+from scenarios import cli as scenario_cli
 from twin.cli import app as twin_app
 
 app = typer.Typer(
     help="batterytwin: digital twins of second-life battery storage.", no_args_is_help=True
 )
 app.add_typer(twin_app, name="twin")
+app.command()(scenario_cli.simulate)
+app.command()(scenario_cli.sweep)
 
 
 def main() -> None:

@@ -431,6 +431,8 @@ class PackKernel:
         if cells.options.coulombic_efficiency <= 0:
             raise TwinInputError("coulombic_efficiency must be > 0")
         self.pack = pack
+        self.fade_loss_wh = 0.0
+        """Stored energy lost to capacity fade during the last :meth:`run`."""
         topo = pack.topology
         p = cells.params
         self._geo = np.array(
@@ -483,6 +485,7 @@ class PackKernel:
             if 2.0 * self.pack.conduction_w_per_k * dt_s / c > 1.0:
                 raise TwinInputError(f"dt_s={dt_s} too long for cell-to-cell conduction")
         out = np.empty((net.size, len(OUTPUT_COLUMNS)))
+        self.fade_loss_wh = 0.0
         ctrl = control.as_array()
         interval = cells.options.ageing_interval_s
         done = 0
@@ -532,7 +535,10 @@ class PackKernel:
             cells._last_current = last_current
             cells._w_elapsed = float(w_elapsed[0])
             if cells._w_elapsed >= interval:
+                before = float(cells.stored_energy_wh().sum())
                 cells._close_window()
+                # Capacity fade at constant SoC removes stored energy: book it as a loss.
+                self.fade_loss_wh += before - float(cells.stored_energy_wh().sum())
         cells._time_s += dt_s * net.size
         cells._last_current = np.array(cells._last_current)
         return out

@@ -213,6 +213,10 @@ class EcmTwin:
         self._ocv_step = np.append(np.diff(ocv), 0.0)  # per grid index
         self._dudt = np.interp(soc, p.soc_grid, p.entropic_v_per_k)
         self._dudt_step = np.append(np.diff(self._dudt), 0.0)
+        # Energy content: integral of the reference OCV over SoC from the grid's start
+        # (V per unit SoC; times capacity in Ah gives Wh). Exact for the linear segments.
+        seg = 0.5 * (ocv[1:] + ocv[:-1]) / self._inv_ds
+        self._ocv_integral = np.concatenate(([0.0], np.cumsum(seg)))
         self._ocv_table = np.ascontiguousarray(
             np.stack((self._ocv, self._ocv_step, self._dudt, self._dudt_step))
         )
@@ -716,6 +720,13 @@ class EcmTwin:
             self._lookup(self._soc, self._temp, zeros)
             + self._lookup(self._soc, self._temp, zeros + CHARGE)
         )
+
+    def stored_energy_wh(self) -> FloatArray:
+        """Energy each cell holds above the bottom of its SoC grid, from the reference
+        OCV curve (the counterpart of the terminal energy for energy balances)."""
+        i, f = self._soc_index(self._soc)
+        seg = (self._ocv[i] + 0.5 * f * self._ocv_step[i]) * f / self._inv_ds
+        return np.asarray((self._ocv_integral[i] + seg) * self._capacity)
 
     def ecm_parameters_now(self) -> dict[str, FloatArray]:
         """Small-signal R0, R1..Rn (ohm) and C1..Cn (F) per cell at the present state:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,37 @@ class EcmParameters:
         ocv = np.interp(s, self.soc_grid, self.ocv_v)
         dudt = np.interp(s, self.soc_grid, self.entropic_v_per_k)
         return np.asarray(ocv + dudt * (np.asarray(temperature_c) - self.reference_temperature_c))
+
+    def scaled_to(self, capacity_ah: float) -> EcmParameters:
+        """The same cell chemistry and design, built to another capacity.
+
+        A cell ``k`` times larger is ``k`` of these in parallel: capacity times ``k``,
+        resistances divided by ``k``, capacitances times ``k`` (time constants kept),
+        heat capacity times ``k`` and cooling surface (heat transfer) times
+        ``k ** (2/3)`` (a geometrically similar cell). Second-life EV cells are large
+        (60-160 Ah), while PyBaMM's calibrated cells are 5 Ah.
+
+        Raises:
+            ParameterSetError: If ``capacity_ah`` is not a positive number.
+        """
+        if not np.isfinite(capacity_ah) or capacity_ah <= 0:
+            raise ParameterSetError(
+                f"capacity_ah must be > 0 to scale parameter set {self.name!r}, got {capacity_ah!r}"
+            )
+        k = capacity_ah / self.nominal_capacity_ah
+        return replace(
+            self,
+            name=f"{self.name}@{capacity_ah:g}Ah",
+            source=f"{self.source} Scaled to {capacity_ah:g} Ah (x{k:.4g}).",
+            nominal_capacity_ah=capacity_ah,
+            r0_ohm=self.r0_ohm / k,
+            rc_resistance_ohm=self.rc_resistance_ohm / k,
+            rc_capacitance_f=self.rc_capacitance_f * k,
+            thermal=ThermalParameters(
+                heat_capacity_j_per_k=self.thermal.heat_capacity_j_per_k * k,
+                heat_transfer_w_per_k=self.thermal.heat_transfer_w_per_k * k ** (2.0 / 3.0),
+            ),
+        )
 
     def to_json(self, path: Path) -> None:
         """Write the parameter set as JSON (the format of ``twin/params/data``)."""
