@@ -202,3 +202,21 @@ def test_report_plots_kpis_and_trajectories(tmp_path: Path) -> None:
     assert "self_sufficiency" in html and "soh_trajectory" in html
     assert "pv.peak_kw=4" in html  # runs labelled by their varied values
     assert html.count("<script") >= 2
+
+
+def test_workers_fork_only_while_the_parent_runs_no_other_thread() -> None:
+    import sys
+    import threading
+
+    from scenarios.sweep import _start_method
+
+    if sys.platform == "linux" and threading.active_count() == 1:
+        assert _start_method() == "fork"
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        assert _start_method() == "spawn"  # forking a threaded parent can deadlock
+    finally:
+        stop.set()
+        helper.join()

@@ -331,3 +331,25 @@ def test_step_results_are_read_only_snapshots() -> None:
     twin.step(current_a=10.0, dt_s=60.0, ambient_c=25.0)
     twin.replace_cells([1], init=CellInit(soc=0.9))
     np.testing.assert_array_equal(first.truth.soc, kept)  # earlier results never change
+
+
+def test_scaled_cell_equals_parallel_cells() -> None:
+    """A cell built k times larger behaves electrically as k of the original cells in
+    parallel (isothermal here: thermally the big cell, with less surface per volume, runs
+    warmer, which the next assertion shows)."""
+    small = load_parameter_set("nmc_okane2022")
+    big = small.scaled_to(160.0)
+    k = 160.0 / small.nominal_capacity_ah
+    iso = EcmOptions(ageing="none", thermal=False)
+    one = EcmTwin(big, init=CellInit(soc=0.6), options=iso)
+    many = EcmTwin(small, init=CellInit(soc=0.6), options=iso)
+    for current in (80.0, -40.0, 0.0, 120.0):
+        a = one.step(current_a=current, dt_s=30.0, ambient_c=20.0)
+        b = many.step(current_a=current / k, dt_s=30.0, ambient_c=20.0)
+        assert a.voltage_v[0] == pytest.approx(b.voltage_v[0], abs=1e-9)
+        assert a.truth.soc[0] == pytest.approx(b.truth.soc[0], abs=1e-12)
+    warm = EcmTwin(big, options=NO_AGEING).step(current_a=160.0, dt_s=600.0, ambient_c=20.0)
+    cool = EcmTwin(small, options=NO_AGEING).step(current_a=160.0 / k, dt_s=600.0, ambient_c=20.0)
+    assert warm.surface_temperature_c[0] > cool.surface_temperature_c[0]
+    with pytest.raises(ParameterSetError, match="capacity_ah must be > 0"):
+        small.scaled_to(-1.0)
