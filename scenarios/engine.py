@@ -257,7 +257,8 @@ class _Run:
         t1 = start_s + n * self.dt_s
         keep: list[_Ev] = []
         for ev in self.evs:
-            if ev.state == "charging":
+            # "gone" too: an EV may arrive and leave within the chunk being booked.
+            if ev.state in ("charging", "gone"):
                 a = max(ev.departure_s - ev.dwell_s, t0)
                 b = min(ev.charge_end_s, t1)
                 if b > a:
@@ -495,6 +496,8 @@ def ev_session(
         ev.state = "charging"
         ev.departure_s = env.now + ev.dwell_s
         ev.charge_end_s = env.now + min(ev.dwell_s, ev.energy_wh / ev.power_w * 3600.0)
+        run.acc.add("ev_wanted_wh", ev.energy_wh)
+        run.acc.add("ev_session_wh", ev.power_w * (ev.charge_end_s - env.now) / 3600.0)
         yield env.timeout(ev.dwell_s)
         ev.state = "gone"
 
@@ -673,6 +676,8 @@ def _summary(
                 "peak_grid_without_storage_kw": run.acc.peak_net_w / 1000.0,
                 "ev_energy_kwh": ev,
                 "energy_not_delivered_kwh": tot["unserved_kwh"] + run.acc.ev_lost_wh / 1000.0,
+                "ev_energy_wanted_kwh": run.acc.totals.get("ev_wanted_wh", 0.0) / 1000.0,
+                "ev_energy_sessions_kwh": run.acc.totals.get("ev_session_wh", 0.0) / 1000.0,
                 "evs_served": run.acc.ev_served,
                 "evs_lost": run.acc.ev_lost,
                 "ev_wait_mean_min": float(waits.mean() / 60.0),
