@@ -90,7 +90,9 @@ def simulate(
     file: Annotated[Path, typer.Argument(help="Scenario TOML, e.g. scenarios/pillar2_home.toml.")],
     years: Annotated[float | None, typer.Option(help="Run length in years.")] = None,
     days: Annotated[float | None, typer.Option(help="Run length in days.")] = None,
-    model: Annotated[str, typer.Option(help="Twin model: ecm.")] = "ecm",
+    model: Annotated[
+        str, typer.Option(help="ecm (cell by cell, fast) or pybamm (one PyBaMM cell, slow).")
+    ] = "ecm",
     seed: Annotated[int | None, typer.Option(help="Seed (default: the file's).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default out/<name>).")] = None,
     resume: Annotated[
@@ -106,11 +108,8 @@ def simulate(
     from scenarios.outputs import write_outputs
 
     with _clear_errors():
-        if model != "ecm":
-            raise ScenarioError(
-                "command line",
-                [f"--model must be 'ecm' for multi-day scenario runs, got {model!r}"],
-            )
+        if model not in ("ecm", "pybamm"):
+            raise ScenarioError("--model", [f"must be ecm or pybamm, got {model!r}"])
         scenario = _with_length(load_scenario(file), years, days)
         folder = resume or out or Path("out") / scenario.name
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,13 +122,16 @@ def simulate(
                 seed=seed,
                 progress=bar,
                 realtime_factor=realtime,
-                checkpoint_path=folder / "checkpoint.pkl",
+                checkpoint_path=folder / "checkpoint.pkl" if model == "ecm" else None,
                 resume=resume is not None,
+                model=model,
             )
         paths = write_outputs(result, folder)
     summary = result.summary
     if as_json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "soh_trajectory"}))
+        from scenarios.outputs import jsonable
+
+        print(json.dumps(jsonable({k: v for k, v in summary.items() if k != "soh_trajectory"})))
         return
     table = Table(title=f"{scenario.name}: {summary['simulated_days']:.0f} days")
     table.add_column("KPI")

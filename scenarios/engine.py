@@ -37,10 +37,9 @@ import numpy as np
 import simpy
 
 from scenarios.config import Pillar1Scenario, Pillar2Scenario, Scenario
+from scenarios.storage import make_storage
 from twin.models.base import FloatArray
-from twin.models.ecm import CellInit
-from twin.pack import Pack
-from twin.pack_kernel import OUTPUT_COLUMNS, ControlLimits, PackKernel
+from twin.pack_kernel import OUTPUT_COLUMNS, ControlLimits
 
 __all__ = ["HOURLY_COLUMNS", "RunResult", "simulate"]
 
@@ -116,7 +115,7 @@ class RunResult:
 class _Run:
     """State of one scenario run (what a checkpoint holds)."""
 
-    def __init__(self, scenario: Scenario, *, seed: int) -> None:
+    def __init__(self, scenario: Scenario, *, seed: int, model: str = "ecm") -> None:
         from scenarios import profiles
 
         self.scenario = scenario
@@ -128,20 +127,11 @@ class _Run:
         self.duration_s = float(self.n_steps_total * sim.dt_s)
         pack_cfg = scenario.pack
         self.params = pack_cfg.load_parameters()
-        self.pack = Pack(
-            self.params,
-            topology=pack_cfg.to_topology(),
-            spread=pack_cfg.to_spread(),
-            soc=pack_cfg.initial_soc,
-            temperature_c=20.0,
-            options=pack_cfg.to_options(),
-            conduction_w_per_k=pack_cfg.conduction_w_per_k,
-            seed=seed,
-        )
-        self.kernel = PackKernel(self.pack)
-        self.capacity0_ah = float(self.pack.cells.capacity_ah.sum())
+        self.model = model
+        self.storage = make_storage(model, pack_cfg, self.params, seed=seed)
+        self.capacity0_ah = float(self.storage.capacity_ah().sum())
         self.nominal_ah = self.params.nominal_capacity_ah * pack_cfg.n_cells
-        self.energy0_wh = float(self.pack.cells.stored_energy_wh().sum())
+        self.energy0_wh = self.storage.stored_energy_wh()
         self.acc = _Accumulators()
         self.hourly: list[list[float]] = []
         self.daily: list[list[float]] = []
@@ -281,10 +271,10 @@ class _Run:
         ev = self.ev_demand_w(start_s, n) if isinstance(self.scenario, Pillar1Scenario) else 0.0
         demand = ex["load_w"] + ev
         net = demand - ex["pv_w"]
-        out = self.kernel.run(
+        out = self.storage.run(
             net_w=net, ambient_c=ex["ambient_c"], dt_s=self.dt_s, control=self.control
         )
-        self.acc.fade_loss_wh += self.kernel.fade_loss_wh
+        self.acc.fade_loss_wh += self.storage.fade_loss_wh
         self._book(start, ex, np.broadcast_to(ev, net.shape), net, out)
         self.done_steps += n
 
@@ -303,7 +293,7 @@ class _Run:
         t_lim_hi = self.scenario.bms.max_temperature_c
         t_lim_lo = self.scenario.bms.min_charge_temperature_c
         outside = (out[:, _C["t_cell_max"]] > t_lim_hi) | (out[:, _C["t_cell_min"]] < t_lim_lo)
-        cell_soc = self.pack.cells.soc
+        cell_soc = self.storage.soc()
         for a in range(0, net.size, steps_per_hour):
             b = min(a + steps_per_hour, net.size)
             sl = slice(a, b)
@@ -356,13 +346,13 @@ class _Run:
 
     def close_day(self) -> None:
         rows = np.asarray(self.hourly[-24:])
-        cap = self.pack.cells.capacity_ah
+        cap = self.storage.capacity_ah()
         self.daily.append(
             [
                 len(self.daily),
                 float(cap.sum() / self.nominal_ah),
                 float(cap.min() / self.params.nominal_capacity_ah),
-                float(self.pack.cells.resistance_factor.mean()),
+                float(self.storage.resistance_factor().mean()),
                 *(float(rows[:, i].sum()) for i in range(1, 12)),
                 float(rows[:, 12].max()),
                 float(rows[:, 14].mean()),
@@ -408,8 +398,7 @@ def storage(
 def replacements(env: simpy.Environment, run: _Run) -> Generator[simpy.Event, Any, None]:
     """Swap cells or modules at the scheduled times (module = all its cells)."""
     events = sorted(run.scenario.replacements, key=lambda e: e.at_days)
-    topo = run.pack.topology
-    per_module = topo.groups_per_module * topo.cells_per_group
+    per_module = run.storage.cells_per_module
     while run.next_replacement < len(events):
         event = events[run.next_replacement]
         at = event.at_days * _DAY_S
@@ -421,15 +410,7 @@ def replacements(env: simpy.Environment, run: _Run) -> Generator[simpy.Event, An
             cells = list(range(event.module * per_module, (event.module + 1) * per_module))
         else:
             cells = list(event.cells or [])
-        mean_soc = float(run.pack.cells.soc.mean())
-        run.pack.replace_cells(
-            cells,
-            init=CellInit(
-                soc=mean_soc,
-                soh=event.soh,
-                temperature_c=float(run.pack.cells.temperature_c.mean()),
-            ),
-        )
+        run.storage.replace(cells, soh=event.soh)
         run.next_replacement += 1
 
 
@@ -511,6 +492,7 @@ def simulate(
     realtime_factor: float | None = None,
     checkpoint_path: Path | None = None,
     resume: bool = False,
+    model: str = "ecm",
 ) -> RunResult:
     """Run a scenario to its end and return KPIs and time series.
 
@@ -522,16 +504,22 @@ def simulate(
             runs as fast as possible.
         checkpoint_path: Where to pickle the run state at the end of every simulated day.
         resume: Continue from ``checkpoint_path`` if it exists.
+        model: ``"ecm"`` (the pack cell by cell, compiled) or ``"pybamm"`` (one PyBaMM
+            cell for the pack; slow, see :class:`scenarios.storage.PybammStorage`).
     """
     seed = scenario.simulation.seed if seed is None else seed
+    if model == "pybamm" and (checkpoint_path is not None or resume):
+        raise ValueError(
+            "checkpoints and --resume need --model ecm: the PyBaMM solver state cannot be saved"
+        )
     run: _Run | None = None
     if resume and checkpoint_path is not None and checkpoint_path.is_file():
         with checkpoint_path.open("rb") as fh:
             run = pickle.load(fh)
-        if run.scenario != scenario or run.seed != seed:
+        if run.scenario != scenario or run.seed != seed or run.model != model:
             raise ValueError(f"checkpoint {checkpoint_path} belongs to another scenario or seed")
     if run is None:
-        run = _Run(scenario, seed=seed)
+        run = _Run(scenario, seed=seed, model=model)
     start_s = run.done_steps * run.dt_s
     if realtime_factor:
         env: simpy.Environment = simpy.rt.RealtimeEnvironment(
@@ -606,7 +594,7 @@ def _summary(
     pv, load, ev = tot["pv_kwh"], tot["load_kwh"], tot["ev_kwh"]
     imp, exp_ = tot["grid_import_kwh"], tot["grid_export_kwh"]
     chg, dis = tot["battery_charge_kwh"], tot["battery_discharge_kwh"]
-    stored_end = float(run.pack.cells.stored_energy_wh().sum())
+    stored_end = run.storage.stored_energy_wh()
     delta_stored = (stored_end - run.energy0_wh) / 1000.0
     losses = tot["cell_loss_kwh"] + tot["inverter_loss_kwh"] + run.acc.fade_loss_wh / 1000.0
     supply = pv - tot["pv_curtailed_kwh"] + imp
@@ -616,14 +604,15 @@ def _summary(
     summary: dict[str, Any] = {
         "scenario": sc.name,
         "kind": sc.kind,
+        "model": run.model,
         "seed": run.seed,
         "simulated_days": run.duration_s / _DAY_S,
         "pack_cells": sc.pack.n_cells,
         "pack_nominal_kwh": pack_kwh_nominal,
         "soh_start": float(run.capacity0_ah / run.nominal_ah),
-        "soh_end": float(run.pack.cells.capacity_ah.sum() / run.nominal_ah),
+        "soh_end": float(run.storage.capacity_ah().sum() / run.nominal_ah),
         "soh_weakest_cell_end": float(daily["soh_weakest_cell"][-1]),
-        "resistance_factor_end": float(run.pack.cells.resistance_factor.mean()),
+        "resistance_factor_end": float(run.storage.resistance_factor().mean()),
         "full_equivalent_cycles": throughput / (2.0 * pack_kwh_nominal),
         "storage_throughput_kwh": throughput,
         "pv_kwh": pv,

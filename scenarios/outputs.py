@@ -12,14 +12,15 @@ import numpy as np
 
 from scenarios.engine import RunResult
 
-__all__ = ["write_outputs"]
+__all__ = ["jsonable", "write_outputs"]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Plain JSON data: numpy scalars unwrapped, NaN and inf as null."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -38,7 +39,7 @@ def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
         "daily": out_dir / "daily.parquet",
         "report": out_dir / "report.html",
     }
-    paths["summary"].write_text(json.dumps(_jsonable(result.summary), indent=1))
+    paths["summary"].write_text(json.dumps(jsonable(result.summary), indent=1))
     pd.DataFrame(result.hourly).to_parquet(paths["hourly"], index=False)
     pd.DataFrame(result.daily).to_parquet(paths["daily"], index=False)
     if result.full_resolution:

@@ -24,7 +24,7 @@ from twin.errors import TwinInputError
 from twin.models.base import FloatArray
 from twin.pack import Pack
 
-__all__ = ["OUTPUT_COLUMNS", "ControlLimits", "PackKernel"]
+__all__ = ["OUTPUT_COLUMNS", "ControlLimits", "PackKernel", "control_request"]
 
 OUTPUT_COLUMNS = (
     "battery_ac_w",
@@ -147,6 +147,41 @@ def _t_index(temp, t0, inv_dt, nt):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True)
+def control_request(  # type: ignore[no-untyped-def]
+    net, soc_min_c, soc_max_c, v_min_c, v_max_c, t_min_c, t_max_c, v_pack, ctrl
+):
+    """The storage controller and BMS limits of :class:`ControlLimits` for one step.
+
+    Compiled, and callable from Python too (the PyBaMM storage uses it), so there is
+    one controller. Returns ``(request_w, allowed_w)``: what the controller asked for
+    and what the BMS and inverter let through, AC side, positive = discharge.
+    """
+    d_above, c_below, grid_chg, inv_max, eta, soc_lo, soc_hi, i_chg, i_dis = ctrl[:9]
+    v_lo_ok, v_hi_ok, t_chg_min, t_max = ctrl[9], ctrl[10], ctrl[11], ctrl[12]
+    if net > d_above:
+        req = net - d_above
+    elif net < 0.0:
+        req = net
+    elif net < c_below:
+        req = -min(grid_chg, c_below - net)
+    else:
+        req = 0.0
+    req = min(max(req, -inv_max), inv_max)
+    request = req
+    if req > 0.0:
+        if soc_min_c <= soc_lo or v_min_c <= v_lo_ok or t_max_c >= t_max:
+            req = 0.0
+        else:
+            req = min(req, i_dis * v_pack * eta)
+    elif req < 0.0:
+        if soc_max_c >= soc_hi or v_max_c >= v_hi_ok or t_min_c <= t_chg_min or t_max_c >= t_max:
+            req = 0.0
+        else:
+            req = max(req, -i_chg * v_pack / eta)
+    return request, req
+
+
+@numba.njit(cache=True)
 def _run(  # type: ignore[no-untyped-def]
     table,
     ocv_table,
@@ -200,8 +235,7 @@ def _run(  # type: ignore[no-untyped-def]
     g_str = np.empty(n_str)
     decay = np.exp(-dt * h_tr / heat_cap)
     half_dt = 0.5 * dt
-    (d_above, c_below, grid_chg, inv_max, eta, soc_lo, soc_hi, i_chg, i_dis) = ctrl[:9]
-    v_lo_ok, v_hi_ok, t_chg_min, t_max, grid_lim, exp_lim = ctrl[9:15]
+    eta, grid_lim, exp_lim = ctrl[4], ctrl[13], ctrl[14]
     k = start
     steps = net_w.shape[0]
     while k < steps:
@@ -221,31 +255,9 @@ def _run(  # type: ignore[no-untyped-def]
         v_pack_meas /= n_par * n_str  # mean over strings of the sum of group means
         # ---- controller (AC side)
         net = net_w[k]
-        if net > d_above:
-            req = net - d_above
-        elif net < 0.0:
-            req = net
-        elif net < c_below:
-            req = -min(grid_chg, c_below - net)
-        else:
-            req = 0.0
-        req = min(max(req, -inv_max), inv_max)
-        request = req
-        if req > 0.0:
-            if soc_min_c <= soc_lo or v_min_c <= v_lo_ok or t_max_c >= t_max:
-                req = 0.0
-            else:
-                req = min(req, i_dis * v_pack_meas * eta)
-        elif req < 0.0:
-            if (
-                soc_max_c >= soc_hi
-                or v_max_c >= v_hi_ok
-                or t_min_c <= t_chg_min
-                or t_max_c >= t_max
-            ):
-                req = 0.0
-            else:
-                req = max(req, -i_chg * v_pack_meas / eta)
+        request, req = control_request(
+            net, soc_min_c, soc_max_c, v_min_c, v_max_c, t_min_c, t_max_c, v_pack_meas, ctrl
+        )
         p_dc = req / eta if req > 0.0 else req * eta
         # ---- Pack.step_power: Thevenin form of every cell at the start of the step
         sign = 1.0 if p_dc > 0.0 else (-1.0 if p_dc < 0.0 else 0.0)

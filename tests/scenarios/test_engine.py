@@ -114,3 +114,20 @@ def test_ev_energy_booked_equals_what_the_sessions_charge() -> None:
     # Sessions still charging at the end of the run are booked up to the end only.
     assert s["ev_energy_kwh"] == pytest.approx(s["ev_energy_sessions_kwh"], rel=0.02)
     assert s["ev_energy_sessions_kwh"] <= s["ev_energy_wanted_kwh"]
+
+
+@pytest.mark.pybamm
+def test_pybamm_storage_agrees_with_the_ecm_pack() -> None:
+    scenario = short(HOME, 1.0)
+    ecm = simulate(scenario).summary
+    pybamm = simulate(scenario, model="pybamm").summary
+    assert pybamm["model"] == "pybamm" and ecm["model"] == "ecm"
+    # Same household, same controller: the electrochemical twin and the calibrated ECM
+    # pack serve the house almost alike (the ECM pack has weak cells, PyBaMM one mean cell).
+    assert pybamm["autarky_pct"] == pytest.approx(ecm["autarky_pct"], abs=3.0)
+    assert pybamm["battery_discharge_kwh"] == pytest.approx(ecm["battery_discharge_kwh"], rel=0.2)
+    assert (
+        pybamm["energy_balance_error_pct"] != pybamm["energy_balance_error_pct"]
+    )  # NaN: not tracked
+    with pytest.raises(ValueError, match="need --model ecm"):
+        simulate(scenario, model="pybamm", resume=True)
