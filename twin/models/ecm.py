@@ -559,9 +559,12 @@ class EcmTwin:
         self._w_temp += (temp_start + self._temp) * half_dt
         abs_i = np.abs(current)
         moving = abs_i >= self._threshold_a
-        reversed_ = moving & (current * self._last_dir < 0)
-        if reversed_.any():
-            self._close_half_cycles(np.flatnonzero(reversed_), soc_start)
+        # Reversals are rare: one reduction tells whether any cell might have one.
+        flips = current * self._last_dir
+        if flips.min() < 0:
+            reversed_ = moving & (flips < 0)
+            if reversed_.any():
+                self._close_half_cycles(np.flatnonzero(reversed_), soc_start)
         np.copyto(self._last_dir, np.sign(current), where=moving)
         ah = abs_i * (dt / 3600.0)
         self._run_ah += ah
