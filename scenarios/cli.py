@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from batterytwin.console import clear_errors, progress_bar
 from scenarios.config import Scenario, ScenarioError, load_scenario, with_overrides
 from twin.errors import TwinInputError
 
@@ -38,34 +34,6 @@ _KEY_KPIS = (
     "time_outside_temperature_limits_h",
     "energy_balance_error_pct",
 )
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    try:
-        yield
-    except (ScenarioError, TwinInputError, ValueError) as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[float, float], None]]:
-    with Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    ) as bar:
-        task = bar.add_task(label, total=1.0)
-
-        def update(done: float, total: float) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 def _with_length(scenario: Scenario, years: float | None, days: float | None) -> Scenario:
@@ -107,7 +75,7 @@ def simulate(
     from scenarios.engine import simulate as run
     from scenarios.outputs import write_outputs
 
-    with _clear_errors():
+    with clear_errors(ScenarioError, TwinInputError, ValueError):
         if model not in ("ecm", "pybamm"):
             raise ScenarioError("--model", [f"must be ecm or pybamm, got {model!r}"])
         scenario = _with_length(load_scenario(file), years, days)
@@ -116,7 +84,7 @@ def simulate(
         if resume is not None and not (resume / "checkpoint.pkl").is_file():
             raise ScenarioError(str(resume), ["no checkpoint.pkl here: nothing to resume"])
         (folder / "scenario.json").write_text(scenario.model_dump_json(indent=1))
-        with _progress(f"simulating {scenario.name}") as bar:
+        with progress_bar(f"simulating {scenario.name}") as bar:
             result = run(
                 scenario,
                 seed=seed,
@@ -181,7 +149,7 @@ def sweep(
     from scenarios.runner import run_kpis
     from scenarios.sweep import design_full, design_lhs, run_sweep, write_sweep_report
 
-    with _clear_errors():
+    with clear_errors(ScenarioError, TwinInputError, ValueError):
         if design not in ("full", "lhs"):
             raise ScenarioError("--design", [f"must be full or lhs, got {design!r}"])
         base = _with_length(load_scenario(file), years, days)
@@ -193,7 +161,7 @@ def sweep(
         )
         folder = out or Path("out") / f"sweep_{base.name}"
         executor = "process" if dask is None else ("dask-local" if dask == "local" else dask)
-        with _progress(f"sweep of {len(points)} runs") as bar:
+        with progress_bar(f"sweep of {len(points)} runs") as bar:
             frame = run_sweep(
                 base,
                 points,

@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,43 +12,14 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from batterytwin.console import clear_errors, progress_bar
 from twin.errors import TwinInputError
 from twin.pack import PackTopology, SecondLifeSpread
 
 app = typer.Typer(help="Battery twins: cells, packs, calibration, impedance.", no_args_is_help=True)
 console = Console()
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Turn input errors into one red line and exit code 2 instead of a traceback."""
-    try:
-        yield
-    except TwinInputError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    with Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    ) as bar:
-        task = bar.add_task(label, total=1)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 _PACK_RE = re.compile(r"^(?:(\d+)x)?(\d+)s(\d+)p$")
@@ -89,12 +57,12 @@ def day(
     from twin.domestic_day import DomesticDayConfig, run_domestic_day
     from twin.report import SUMMARY_LABELS, write_day_report
 
-    with _clear_errors():
+    with clear_errors(TwinInputError):
         spread = SecondLifeSpread(soh_mean=(soh_min + soh_max) / 2, soh_range=(soh_min, soh_max))
         config = DomesticDayConfig(
             parameter_set=params, topology=parse_pack(pack), spread=spread, seed=seed
         )
-        with _progress("simulating 24 h") as progress:
+        with progress_bar("simulating 24 h") as progress:
             result = run_domestic_day(config, progress=progress)
         path = write_day_report(result, out)
     summary = result.summary()
@@ -183,7 +151,7 @@ def run(
     from twin.pack import Pack
     from twin.params import load_parameter_set
 
-    with _clear_errors():
+    with clear_errors(TwinInputError):
         if (experiment is None) == (profile is None):
             raise TwinInputError("give exactly one of --experiment or --profile")
         twin: Any
@@ -216,7 +184,7 @@ def run(
                 )
                 capacity = cell.nominal_capacity_ah
         if experiment is not None:
-            with _progress("experiment") as bar:
+            with progress_bar("experiment") as bar:
                 trace = run_experiment(
                     twin,
                     experiment,
@@ -230,7 +198,7 @@ def run(
             t, values, kind = _read_profile(profile)
             trace = ExperimentTrace()
             ends = np.append(t[1:], t[-1] + (t[-1] - t[-2] if t.size > 1 else dt))
-            with _progress("profile") as bar:
+            with progress_bar("profile") as bar:
                 for k, (start, end, value) in enumerate(zip(t, ends, values, strict=True)):
                     held = start
                     while held < end - 1e-9:
@@ -281,14 +249,14 @@ def calibrate(
     """Fit ECM tables to a PyBaMM model (OCV test + HPPC) and validate on a held-out profile."""
     from twin.calibrate import calibrate_from_pybamm
 
-    with _clear_errors():
+    with clear_errors(TwinInputError):
         try:
             temps = tuple(float(t) for t in temperatures.split(","))
         except ValueError:
             raise TwinInputError(
                 f"--temperatures must be numbers separated by commas, got {temperatures!r}"
             ) from None
-        with _progress("calibrating") as bar:
+        with progress_bar("calibrating") as bar:
             result = calibrate_from_pybamm(
                 source, n_rc=n_rc, temperatures_c=temps, progress=lambda d, t, _m: bar(d, t)
             )
@@ -345,7 +313,7 @@ def impedance(
     from twin.models.ecm import CellInit, EcmOptions, EcmTwin
     from twin.params import load_parameter_set
 
-    with _clear_errors():
+    with clear_errors(TwinInputError):
         if not 0 < f_min < f_max:
             raise TwinInputError(f"need 0 < --f-min < --f-max, got {f_min} and {f_max}")
         if points < 2:
