@@ -111,3 +111,26 @@ def test_sweep_bad_vary_is_a_clear_error() -> None:
     assert result.exit_code == 2 and "pv.peek_kw" in result.output
     result = runner.invoke(app, ["sweep", HOME, "--vary", "pv.peak_kw"])
     assert result.exit_code == 2 and "field=v1,v2" in result.output
+
+
+def test_sweep_latin_hypercube_design(tmp_path: Path) -> None:
+    out = tmp_path / "lhs"
+    args = ["sweep", HOME, "--days", "1", "--design", "lhs", "--samples", "3"]
+    args += [
+        "--vary",
+        "site.ambient_offset_c=0.0,12.0",
+        "--vary",
+        "bms.soc_max=0.8,0.95",
+        "--out",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out / "sweep.parquet")
+    assert len(frame) == 3
+    offsets = sorted(frame["site.ambient_offset_c"])
+    # One point in each third of the range (Latin hypercube stratification).
+    assert [int(o // 4.0) for o in offsets] == [0, 1, 2]
+    assert frame["bms.soc_max"].between(0.8, 0.95).all()
+    bad = runner.invoke(app, ["sweep", HOME, "--design", "lhs", "--vary", "pv.peak_kw=1,2,3"])
+    assert bad.exit_code == 2 and "needs a range lo,hi" in bad.output
