@@ -6,6 +6,7 @@ import os
 
 import typer
 
+from cloud.cli import app as cloud_app
 from scenarios import cli as scenario_cli
 from twin.cli import app as twin_app
 
@@ -13,6 +14,7 @@ app = typer.Typer(
     help="batterytwin: digital twins of second-life battery storage.", no_args_is_help=True
 )
 app.add_typer(twin_app, name="twin")
+app.add_typer(cloud_app, name="cloud")
 app.command()(scenario_cli.simulate)
 app.command()(scenario_cli.sweep)
 

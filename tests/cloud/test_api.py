@@ -1,0 +1,376 @@
+"""REST API: tokens, CRUD of every resource, permissions per role, invalid input."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+
+from cloud.main import create_app
+from cloud.models import Device
+from cloud.settings import CloudSettings
+from cloud.users import add_user
+
+SECRET = "test-secret-0123456789abcdef-0123456789"
+
+
+class Api:
+    """A test client plus helpers to make users and log them in."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self.sessions = client.app.state.sessions  # type: ignore[attr-defined]
+
+    def user(self, name: str, role: str, **kwargs: Any) -> dict[str, str]:
+        with self.sessions() as session, session.begin():
+            add_user(session, username=name, password="password-123", role=role, **kwargs)
+        tokens = self.client.post(
+            "/api/token/", json={"username": name, "password": "password-123"}
+        )
+        assert tokens.status_code == 200, tokens.text
+        return {"Authorization": f"Bearer {tokens.json()['access']}"}
+
+    def post(
+        self, path: str, body: dict[str, Any], headers: dict[str, str], expect: int = 201
+    ) -> Any:
+        response = self.client.post(path, json=body, headers=headers)
+        assert response.status_code == expect, response.text
+        return response.json()
+
+
+@pytest.fixture
+def api(database_url: str) -> Iterator[Api]:
+    settings = CloudSettings(
+        database_url=database_url, jwt_secret=SECRET, token_rate_per_minute=1000
+    )
+    with TestClient(create_app(settings)) as client:
+        yield Api(client)
+
+
+@pytest.fixture
+def site(api: Api) -> dict[str, Any]:
+    """Two manufacturers with a battery each, an operator of battery A, cells, a device."""
+    admin = api.user("admin", "admin")
+    m1 = api.post("/api/manufacturers/", {"name": "CellCo"}, admin)["id"]
+    m2 = api.post("/api/manufacturers/", {"name": "OtherCo"}, admin)["id"]
+    maker = api.user("maker", "manufacturer", manufacturer_id=m1)
+    rival = api.user("rival", "manufacturer", manufacturer_id=m2)
+    operator = api.user("operator", "operator")
+    service = api.user("service", "service")
+    op_id = api.client.get("/api/batteries/", headers=operator)  # a read with no batteries yet
+    assert op_id.json() == []
+    bat_a = api.post(
+        "/api/batteries/",
+        {
+            "serial_number": "A-1",
+            "battery_name": "pack A",
+            "manufacturer_id": m1,
+            "status": "repurposed",
+        },
+        maker,
+    )["id"]
+    bat_b = api.post(
+        "/api/batteries/",
+        {"serial_number": "B-1", "battery_name": "pack B", "manufacturer_id": m2},
+        rival,
+    )["id"]
+    with api.sessions() as session, session.begin():
+        from cloud.models import Battery, User
+
+        op = session.query(User).filter_by(username="operator").one()
+        session.get(Battery, bat_a).operator_id = op.id
+    mod_a = api.post("/api/modules/", {"module_name": "A-m0", "battery_id": bat_a}, maker)["id"]
+    mod_b = api.post("/api/modules/", {"module_name": "B-m0", "battery_id": bat_b}, rival)["id"]
+    cells_a = [
+        api.post("/api/cells/", {"cell_name": f"A-c{i}", "module_id": mod_a, "position": i}, maker)[
+            "id"
+        ]
+        for i in range(4)
+    ]
+    cell_b = api.post(
+        "/api/cells/", {"cell_name": "B-c0", "module_id": mod_b, "position": 0}, rival
+    )["id"]
+    device = api.user("edge-a", "device")
+    with api.sessions() as session, session.begin():
+        from cloud.models import User
+
+        edge = session.query(User).filter_by(username="edge-a").one()
+        session.add(Device(name="edge-a", battery_id=bat_a, user_id=edge.id))
+    users = {"admin": admin, "maker": maker, "rival": rival, "operator": operator}
+    ids = {
+        "bat_a": bat_a,
+        "bat_b": bat_b,
+        "mod_a": mod_a,
+        "cells_a": cells_a,
+        "cell_b": cell_b,
+        "m1": m1,
+    }
+    return {**users, "service": service, "device": device, **ids}
+
+
+def test_token_and_refresh_flow(api: Api) -> None:
+    api.user("alice", "service")
+    tokens = api.client.post(
+        "/api/token/", json={"username": "alice", "password": "password-123"}
+    ).json()
+    assert set(tokens) == {"access", "refresh"}
+    access = jwt.decode(tokens["access"], SECRET, algorithms=["HS256"])
+    refresh = jwt.decode(tokens["refresh"], SECRET, algorithms=["HS256"])
+    assert access["exp"] - access["iat"] == 3600 and refresh["exp"] - refresh["iat"] == 86400
+    renewed = api.client.post("/api/token/refresh/", json={"refresh": tokens["refresh"]})
+    assert renewed.status_code == 200 and set(renewed.json()) == {"access"}
+    # An access token is not a refresh token, and garbage is refused.
+    assert (
+        api.client.post("/api/token/refresh/", json={"refresh": tokens["access"]}).status_code
+        == 401
+    )
+    assert (
+        api.client.post(
+            "/api/token/", json={"username": "alice", "password": "wrong-pass"}
+        ).status_code
+        == 401
+    )
+    assert api.client.get("/api/cells/").status_code == 401
+    assert (
+        api.client.get("/api/cells/", headers={"Authorization": "Bearer nonsense"}).status_code
+        == 401
+    )
+
+
+def test_token_requests_are_rate_limited(database_url: str) -> None:
+    settings = CloudSettings(database_url=database_url, jwt_secret=SECRET, token_rate_per_minute=3)
+    with TestClient(create_app(settings)) as client:
+        codes = [
+            client.post("/api/token/", json={"username": "bob", "password": "x" * 8}).status_code
+            for _ in range(5)
+        ]
+    assert codes == [401, 401, 401, 429, 429]
+
+
+def test_crud_round_trip_of_every_passport_resource(api: Api, site: dict[str, Any]) -> None:
+    admin = site["admin"]
+    bodies = {
+        "/api/chemical/": ({"name": "NMC811", "hazardous": True}, {"extinguishing_agent": "water"}),
+        "/api/material/": (
+            {"name": "cobalt", "share": 4.5, "recycled": True},
+            {"recycled_content": 12.0},
+        ),
+        "/api/safety_feature/": (
+            {"name": "tm", "description": "thermal management"},
+            {"standard": "IEC 62619"},
+        ),
+        "/api/manufacturers/": ({"name": "ThirdCo", "city": "Athens"}, {"zipcode": "10001"}),
+    }
+    for path, (body, patch) in bodies.items():
+        created = api.post(path, body, admin)
+        item = f"{path}{created['id']}/"
+        assert api.client.get(item, headers=admin).json() == created
+        patched = api.client.patch(item, json=patch, headers=admin)
+        assert patched.status_code == 200 and {**created, **patch} == patched.json()
+        put = api.client.put(item, json=body, headers=admin)
+        assert put.status_code == 200
+        assert api.client.delete(item, headers=admin).status_code == 204
+        assert api.client.get(item, headers=admin).status_code == 404
+
+
+def test_battery_passport_with_relations_and_cells(api: Api, site: dict[str, Any]) -> None:
+    maker = site["maker"]
+    mat = api.post("/api/material/", {"name": "lithium"}, maker)["id"]
+    chem = api.post("/api/chemical/", {"name": "LFP"}, maker)["id"]
+    bat = api.client.patch(
+        f"/api/batteries/{site['bat_a']}/",
+        json={"materials": [mat], "status": "reused"},
+        headers=maker,
+    )
+    assert (
+        bat.status_code == 200
+        and bat.json()["materials"] == [mat]
+        and bat.json()["status"] == "reused"
+    )
+    cell = api.client.patch(
+        f"/api/cells/{site['cells_a'][0]}/", json={"cell_chemistry": [chem]}, headers=maker
+    )
+    assert cell.json()["cell_chemistry"] == [chem]
+    listed = api.client.get(
+        f"/api/cells/?battery={site['bat_a']}&ordering=-position", headers=maker
+    ).json()
+    assert [c["position"] for c in listed] == [3, 2, 1, 0]
+
+
+def test_permissions_per_role(api: Api, site: dict[str, Any]) -> None:
+    c = api.client
+    # A manufacturer writes only its own batteries, modules and cells.
+    assert (
+        c.patch(
+            f"/api/batteries/{site['bat_b']}/", json={"battery_name": "x"}, headers=site["maker"]
+        ).status_code
+        == 404
+    )
+    assert (
+        c.post(
+            "/api/batteries/",
+            json={"serial_number": "Z", "battery_name": "z", "manufacturer_id": 999},
+            headers=site["maker"],
+        ).status_code
+        == 403
+    )
+    assert (
+        c.post(
+            "/api/modules/",
+            json={"module_name": "m", "battery_id": site["bat_b"]},
+            headers=site["maker"],
+        ).status_code
+        == 403
+    )
+    assert (
+        c.post("/api/manufacturers/", json={"name": "Mine"}, headers=site["maker"]).status_code
+        == 403
+    )
+    # An operator reads its own site's batteries only and writes nothing.
+    assert [b["id"] for b in c.get("/api/batteries/", headers=site["operator"]).json()] == [
+        site["bat_a"]
+    ]
+    assert c.get(f"/api/batteries/{site['bat_b']}/", headers=site["operator"]).status_code == 404
+    assert c.post("/api/chemical/", json={"name": "x"}, headers=site["operator"]).status_code == 403
+    # A service reads everything and writes no passport data.
+    assert len(c.get("/api/batteries/", headers=site["service"]).json()) == 2
+    assert c.post("/api/material/", json={"name": "x"}, headers=site["service"]).status_code == 403
+    # A device writes only its own battery's telemetry and reads no passport data.
+    own = {"cell_ids": site["cells_a"][:2], "voltage": [3.7, 3.71]}
+    assert c.post("/api/measurements/", json=own, headers=site["device"]).status_code == 201
+    other = {"cell_ids": [site["cell_b"]], "voltage": [3.6]}
+    assert c.post("/api/measurements/", json=other, headers=site["device"]).status_code == 403
+    assert c.get("/api/batteries/", headers=site["device"]).status_code == 403
+
+
+def test_measurements_bulk_post_filters_and_pagination(api: Api, site: dict[str, Any]) -> None:
+    cells = site["cells_a"]
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for k in range(5):
+        body = {
+            "cell_ids": cells,
+            "measured_at": (t0 + dt.timedelta(minutes=k)).isoformat(),
+            "voltage": [3.6 + 0.01 * i for i in range(4)],
+            "temperature": [25.0] * 4,
+            "current": [10.0] * 4,
+            "sot": [0.0] * 4,
+            "phase": [0.1] * 4,
+            "soc": [50.0] * 4,
+            "sos": [1.0] * 4,
+        }
+        echoed = api.post("/api/measurements/", body, site["device"])
+        assert echoed["cell_ids"] == cells and len(echoed["ids"]) == 4
+    headers = site["operator"]
+    page = api.client.get(
+        f"/api/measurements/?cell={cells[2]}&limit=2&ordering=-measured_at", headers=headers
+    )
+    assert page.status_code == 200 and len(page.json()) == 2
+    assert page.json()[0]["voltage"] == pytest.approx(3.62) and 'rel="next"' in page.headers["Link"]
+    since = (t0 + dt.timedelta(minutes=3)).isoformat()
+    window = api.client.get(
+        "/api/measurements/", params={"battery": site["bat_a"], "since": since}, headers=headers
+    )
+    assert len(window.json()) == 8  # minutes 3 and 4, four cells
+    assert api.client.get("/api/measurements/?limit=100000", headers=headers).status_code == 422
+    # The rival manufacturer sees none of battery A's data.
+    assert api.client.get("/api/measurements/", headers=site["rival"]).json() == []
+    one = window.json()[0]
+    item = f"/api/measurements/{one['id']}/"
+    assert api.client.patch(item, json={"soc": 49.0}, headers=site["admin"]).json()["soc"] == 49.0
+    assert api.client.delete(item, headers=site["admin"]).status_code == 204
+
+
+def test_eis_records_round_trip(api: Api, site: dict[str, Any]) -> None:
+    # The thesis's own example payload.
+    record = {
+        "status": "success",
+        "event_id": "207_1",
+        "cell_id": site["cells_a"][0],
+        "frequency": 25.11886432,
+        "amplitude": 0.00033255133178403194,
+        "phase": 0.085914587975807,
+        "current_offset": 2,
+        "v_start": 3.5,
+        "v_end": 3.5,
+        "temperature": 25,
+    }
+    created = api.post("/api/eis/", record, site["device"])
+    assert created["event_id"] == "207_1" and created["frequency"] == pytest.approx(25.11886432)
+    assert "added_at" in created
+    put = api.client.put(
+        f"/api/eis/{created['id']}/", json={**record, "status": "fail"}, headers=site["admin"]
+    )
+    assert put.json()["status"] == "fail"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"battery_name": "no serial"}, "serial_number"),  # missing value
+        ({"serial_number": "S", "battery_name": "n", "weight": "heavy"}, "weight"),  # wrong type
+        (
+            {"serial_number": "S", "battery_name": "n", "capacity": 65054325342523534254524000},
+            "capacity",
+        ),  # out of range
+        ({"serial_number": "S", "battery_name": "x" * 470}, "battery_name"),  # too long
+        ({"serial_number": "S", "battery_name": "n", "status": "shiny"}, "status"),  # not a choice
+        ({"serial_number": "S", "battery_name": "n", "colour": "red"}, "colour"),  # wrong parameter
+        (
+            {"serial_number": "S", "battery_name": "n", "weight": float("nan")},
+            None,
+        ),  # NaN is not JSON
+    ],
+)
+def test_invalid_input_names_the_field_and_writes_nothing(
+    api: Api, site: dict[str, Any], body: dict[str, Any], field: str | None
+) -> None:
+    before = len(api.client.get("/api/batteries/", headers=site["admin"]).json())
+    if field is None:
+        response = api.client.post(
+            "/api/batteries/", content='{"serial_number": "S", "battery_name": "n", "weight": NaN}',
+            headers={**site["admin"], "Content-Type": "application/json"},
+        )  # fmt: skip
+    else:
+        response = api.client.post("/api/batteries/", json=body, headers=site["admin"])
+    assert response.status_code in (400, 422), response.text
+    if field:
+        assert field in str(response.json()["detail"])
+    assert len(api.client.get("/api/batteries/", headers=site["admin"]).json()) == before
+
+
+def test_duplicate_unique_field_is_400_with_the_field(api: Api, site: dict[str, Any]) -> None:
+    body = {"serial_number": "A-1", "battery_name": "again", "manufacturer_id": site["m1"]}
+    response = api.client.post("/api/batteries/", json=body, headers=site["maker"])
+    assert response.status_code == 400 and "serial_number" in str(response.json())
+
+
+def test_bulk_measurements_reject_mismatched_arrays_and_unknown_cells(
+    api: Api, site: dict[str, Any]
+) -> None:
+    cells = site["cells_a"]
+    bad = api.client.post(
+        "/api/measurements/", json={"cell_ids": cells, "voltage": [3.7]}, headers=site["admin"]
+    )
+    assert bad.status_code == 422 and "voltage has 1 values but cell_ids has 4" in bad.text
+    unknown = api.client.post(
+        "/api/measurements/", json={"cell_ids": [99999], "voltage": [3.7]}, headers=site["admin"]
+    )
+    assert unknown.status_code == 422 and "99999" in unknown.text
+    assert api.client.get("/api/measurements/", headers=site["admin"]).json() == []
+
+
+def test_health_docs_and_activity_log(api: Api, site: dict[str, Any]) -> None:
+    assert api.client.get("/health").json() == {"database": "ok"}
+    assert api.client.get("/api/schema/swagger-ui/").status_code == 200
+    assert "/api/measurements/" in api.client.get("/api/schema/").json()["paths"]
+    api.client.app.state.activity.flush()  # type: ignore[attr-defined]
+    with api.sessions() as session:
+        from cloud.models import ActivityLog
+
+        rows = session.query(ActivityLog).filter_by(username="maker").all()
+    assert rows and all("password" not in (r.detail or "") for r in rows)
+    assert {r.method for r in rows} >= {"POST"}
