@@ -45,6 +45,8 @@ class Resource:
     time_column: Any = None
     relations: dict[str, type[DeclarativeBase]] = field(default_factory=dict)
     unique_fields: tuple[str, ...] = ()
+    stamp_user: str | None = None
+    """Column set to the creating user's id (provenance), never from the body."""
 
 
 def _forbidden(detail: str) -> HTTPException:
@@ -195,6 +197,8 @@ def crud_router(res: Resource, *, skip_create: bool = False) -> APIRouter:
             check_write(session, user, values, None)
             obj = model()
             _apply(res, session, obj, values)
+            if res.stamp_user:
+                setattr(obj, res.stamp_user, user.id)
             session.add(obj)
             _flush(res, session)
             return _public(res, obj)

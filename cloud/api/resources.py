@@ -22,6 +22,8 @@ from cloud.models import (
     Cell,
     Chemical,
     Device,
+    DiagnosticParameters,
+    EcmParameterSet,
     EisRecord,
     Manufacturer,
     Material,
@@ -29,10 +31,12 @@ from cloud.models import (
     Module,
     Role,
     SafetyFeature,
+    SoxEstimate,
     User,
 )
 
 ALL_READERS = frozenset({Role.admin, Role.manufacturer, Role.operator, Role.service})
+ANALYTICS_WRITERS = frozenset({Role.admin, Role.service})
 PASSPORT_WRITERS = frozenset({Role.admin, Role.manufacturer})
 DATA_READERS = frozenset({Role.admin, Role.manufacturer, Role.operator, Role.service})
 DATA_WRITERS = frozenset({Role.admin, Role.device})
@@ -145,6 +149,24 @@ def check_cell(session: Session, user: User, values: dict[str, Any], obj: Any) -
         return "this cell belongs to another manufacturer's battery"
     if not owned(module_id):
         return "cells may only be added to modules of your own batteries"
+    return None
+
+
+def _scope_by_battery(column: Any) -> Any:
+    def scope(query: Select[Any], user: User) -> Select[Any]:
+        if user.role == Role.service:
+            return query
+        return _owned_batteries(query.join(Battery, column == Battery.id), user)
+
+    return scope
+
+
+def check_estimate(session: Session, user: User, values: dict[str, Any], obj: Any) -> str | None:
+    """Services write estimates; the cell, if given, must belong to the battery."""
+    cell_id = values.get("cell_id", obj.cell_id if obj else None)
+    battery_id = values.get("battery_id", obj.battery_id if obj else None)
+    if cell_id is not None and _cell_battery(session, cell_id) != battery_id:
+        return f"cell {cell_id} is not part of battery {battery_id}"
     return None
 
 
@@ -383,6 +405,60 @@ def resources() -> list[Resource]:
             can_write=check_module,
             filters={"battery": Module.battery_id},
             unique_fields=("serial_number",),
+        ),
+        _res(
+            "diagnostics",
+            DiagnosticParameters,
+            "Diagnostic sizing",
+            read=DATA_READERS,
+            write=ANALYTICS_WRITERS,
+            required=("battery_id",),
+            scope=_scope_by_battery(DiagnosticParameters.battery_id),
+            filters={"battery": DiagnosticParameters.battery_id},
+            time_column=DiagnosticParameters.recorded_at,
+        ),
+        _res(
+            "estimates",
+            SoxEstimate,
+            "State estimates",
+            read=DATA_READERS,
+            write=ANALYTICS_WRITERS,
+            required=("battery_id", "algorithm", "algorithm_version"),
+            read_only=("id", "produced_by_id"),
+            limits={"soc": (0, 100), "soh": (0, 150)},
+            scope=_scope_by_battery(SoxEstimate.battery_id),
+            can_write=check_estimate,
+            filters={"battery": SoxEstimate.battery_id, "cell": SoxEstimate.cell_id},
+            stamp_user="produced_by_id",
+            time_column=SoxEstimate.estimated_at,
+        ),
+        _res(
+            "ecm_parameters",
+            EcmParameterSet,
+            "ECM parameters",
+            read=DATA_READERS,
+            write=ANALYTICS_WRITERS,
+            required=("battery_id", "r0"),
+            read_only=("id", "produced_by_id"),
+            limits={k: (0.0, 1e6) for k in ("r0", "r1", "r2", "r3", "r4", "c1", "c2", "c3", "c4")},
+            scope=_scope_by_battery(EcmParameterSet.battery_id),
+            can_write=check_estimate,
+            filters={"battery": EcmParameterSet.battery_id, "cell": EcmParameterSet.cell_id},
+            stamp_user="produced_by_id",
+            time_column=EcmParameterSet.created_at,
+        ),
+        _res(
+            "devices",
+            Device,
+            "Devices",
+            read=frozenset({Role.admin, Role.operator, Role.service}),
+            write=frozenset({Role.admin}),
+            required=("name", "battery_id"),
+            read_only=("id", "online", "last_seen"),
+            limits={"reporting_interval_s": (0.01, 86_400.0), "pillar": (1, 2)},
+            scope=_scope_by_battery(Device.battery_id),
+            filters={"battery": Device.battery_id},
+            unique_fields=("name",),
         ),
         _res(
             "safety_feature",

@@ -374,3 +374,42 @@ def test_health_docs_and_activity_log(api: Api, site: dict[str, Any]) -> None:
         rows = session.query(ActivityLog).filter_by(username="maker").all()
     assert rows and all("password" not in (r.detail or "") for r in rows)
     assert {r.method for r in rows} >= {"POST"}
+
+
+def test_analytics_resources_and_their_permissions(api: Api, site: dict[str, Any]) -> None:
+    service, operator, rival = site["service"], site["operator"], site["rival"]
+    bat, cell = site["bat_a"], site["cells_a"][1]
+    diag = {
+        "battery_id": bat,
+        "soc_max": 0.95,
+        "soh_at_eol": 70.0,
+        "xh0_time": [0.1, 0.2, 0.3, 0.4, 0.5],
+        "soh_evolution": [100.0 - k for k in range(40)],
+    }
+    created = api.post("/api/diagnostics/", diag, service)
+    assert created["xh0_time"] == diag["xh0_time"] and len(created["soh_evolution"]) == 40
+    estimate = {
+        "battery_id": bat,
+        "cell_id": cell,
+        "soh": 81.5,
+        "algorithm": "ica-dqdv",
+        "algorithm_version": "1.2",
+    }
+    stored = api.post("/api/estimates/", estimate, service)
+    assert stored["soh"] == 81.5 and stored["produced_by_id"] is not None  # provenance
+    wrong_cell = {**estimate, "cell_id": site["cell_b"]}
+    api.post("/api/estimates/", wrong_cell, service, expect=403)
+    ecm = {
+        "battery_id": bat,
+        "cell_id": cell,
+        "voltage": 3.7,
+        "r0": 0.0012,
+        "r1": 0.0008,
+        "c1": 2000.0,
+    }
+    assert api.post("/api/ecm_parameters/", ecm, service)["r0"] == pytest.approx(0.0012)
+    api.post("/api/ecm_parameters/", ecm, operator, expect=403)  # operators read, services write
+    assert len(api.client.get(f"/api/estimates/?battery={bat}", headers=operator).json()) == 1
+    assert api.client.get("/api/ecm_parameters/", headers=rival).json() == []  # not its battery
+    devices = api.client.get("/api/devices/", headers=operator).json()
+    assert [d["name"] for d in devices] == ["edge-a"] and devices[0]["online"] is False
