@@ -19,6 +19,7 @@ def serve(
     broker: Annotated[str | None, typer.Option(help="embedded or mqtt://host:port.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (one per core).")] = 1,
     certfile: Annotated[str | None, typer.Option(help="TLS certificate (serves HTTPS).")] = None,
     keyfile: Annotated[str | None, typer.Option(help="TLS private key.")] = None,
 ) -> None:

@@ -94,3 +94,8 @@ def create_app(settings: CloudSettings) -> FastAPI:
         return Response(status_code=307, headers={"Location": "/api/schema/swagger-ui/"})
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for multi-worker serving: settings from ``BATTERYTWIN_*`` variables."""
+    return create_app(CloudSettings())
