@@ -1,0 +1,307 @@
+"""Broker side: who may use which topic, as Mosquitto files and as an embedded amqtt broker.
+
+Production runs Mosquitto with the files :func:`write_mosquitto_files` renders (a PBKDF2
+password file and an ACL); the embedded default and the tests run :class:`EmbeddedBroker`
+(amqtt, in-process), which enforces the same :func:`device_acl` rules through
+:class:`DeviceAclPlugin`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from cloud.mqtt.contract import UPLINK_CHANNELS, Channel, Topics
+
+__all__ = [
+    "INGEST_USER",
+    "AclRules",
+    "DeviceAclPlugin",
+    "EmbeddedBroker",
+    "MosquittoFiles",
+    "PasswordAuthPlugin",
+    "device_acl",
+    "hash_mosquitto_password",
+    "render_mosquitto_acl",
+    "render_mosquitto_conf",
+    "render_mosquitto_passwords",
+    "topic_matches",
+    "verify_mosquitto_password",
+    "write_mosquitto_files",
+]
+
+INGEST_USER = "batterytwin-ingest"
+_PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$ hashes
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AclRules:
+    """Topic filters one MQTT user may publish to and subscribe to (receive from)."""
+
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+
+
+def device_acl(
+    devices: Iterable[str], *, ingest_user: str = INGEST_USER, topics: Topics | None = None
+) -> dict[str, AclRules]:
+    """The ACL of the registered devices (user name = ``Device.name``) and the ingest.
+
+    A device publishes only to its own telemetry, eis, events, status and acks topics and
+    subscribes only to its own commands topic; the ingest reads every device's uplink
+    topics and writes every device's commands topic.
+
+    Raises:
+        ContractError: If a device name is not a valid topic level.
+    """
+    topics = topics or Topics()
+    acl = {
+        name: AclRules(
+            publish=tuple(topics.device(name, channel) for channel in UPLINK_CHANNELS),
+            subscribe=(topics.device(name, Channel.commands),),
+        )
+        for name in devices
+    }
+    if ingest_user in acl:
+        raise ValueError(f"a device may not be called {ingest_user!r}: that is the ingest's user")
+    acl[ingest_user] = AclRules(
+        publish=(topics.subscription(Channel.commands),),
+        subscribe=tuple(topics.subscription(channel) for channel in UPLINK_CHANNELS),
+    )
+    return acl
+
+
+def topic_matches(allowed: str, requested: str) -> bool:
+    """Whether every topic that ``requested`` (a topic or a filter) matches is in ``allowed``."""
+    want, have = requested.split("/"), allowed.split("/")
+    for i, level in enumerate(have):
+        if level == "#":
+            return True
+        if i >= len(want) or want[i] == "#":
+            return False
+        if level != "+" and level != want[i]:
+            return False
+    return len(want) == len(have)
+
+
+def hash_mosquitto_password(password: str, *, salt: bytes | None = None) -> str:
+    """A Mosquitto 2 password-file hash: ``$7$iterations$salt$pbkdf2-sha512`` (base64)."""
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS, 64)
+    encode = base64.b64encode
+    return f"$7${_PBKDF2_ITERATIONS}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+def verify_mosquitto_password(password: str, hashed: str) -> bool:
+    """Check ``password`` against a ``$7$`` hash from :func:`hash_mosquitto_password`."""
+    parts = hashed.split("$")
+    if len(parts) != 5 or parts[1] != "7":
+        return False
+    try:
+        iterations = int(parts[2])
+        salt, expected = base64.b64decode(parts[3]), base64.b64decode(parts[4])
+    except ValueError:
+        return False
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, len(expected))
+    return hmac.compare_digest(digest, expected)
+
+
+def render_mosquitto_passwords(credentials: Mapping[str, str]) -> str:
+    """A Mosquitto ``password_file`` from user name -> plain password."""
+    for user in credentials:
+        if not user or ":" in user or any(ch.isspace() for ch in user):
+            raise ValueError(f"user name {user!r} cannot go into a password file (':' or space)")
+    return "".join(
+        f"{user}:{hash_mosquitto_password(password)}\n" for user, password in credentials.items()
+    )
+
+
+def render_mosquitto_acl(acl: Mapping[str, AclRules]) -> str:
+    """A Mosquitto ``acl_file``: write for publish filters, read for subscribe filters.
+
+    Mosquitto denies everything not listed, so a device's credentials cannot publish to
+    another device's topics (the broker drops such a message; the ingest never sees it).
+    """
+    blocks = []
+    for user, rules in acl.items():
+        lines = [f"user {user}"]
+        lines += [f"topic write {t}" for t in rules.publish]
+        lines += [f"topic read {t}" for t in rules.subscribe]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def render_mosquitto_conf(
+    *, password_file: Path, acl_file: Path, port: int = 1883, bind: str = "127.0.0.1"
+) -> str:
+    """A minimal ``mosquitto.conf`` for the cloud: authenticated, ACL, sized for the ingest.
+
+    ``max_inflight_messages`` and ``max_queued_messages`` are raised because the ingest
+    acknowledges a message only after storing it and expects the broker to keep what
+    arrives while it restarts.
+    """
+    return (
+        f"listener {port} {bind}\n"
+        "allow_anonymous false\n"
+        f"password_file {password_file}\n"
+        f"acl_file {acl_file}\n"
+        "max_inflight_messages 1000\n"
+        "max_queued_messages 100000\n"
+        "message_size_limit 1048576\n"
+        "persistence false\n"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MosquittoFiles:
+    password_file: Path
+    acl_file: Path
+
+
+def write_mosquitto_files(
+    directory: Path, *, credentials: Mapping[str, str], acl: Mapping[str, AclRules]
+) -> MosquittoFiles:
+    """Write ``passwd`` (mode 0600) and ``acl`` into ``directory`` for Mosquitto to load."""
+    directory.mkdir(parents=True, exist_ok=True)
+    passwords = directory / "passwd"
+    passwords.touch(mode=0o600)
+    passwords.write_text(render_mosquitto_passwords(credentials))
+    acl_file = directory / "acl"
+    acl_file.write_text(render_mosquitto_acl(acl))
+    return MosquittoFiles(password_file=passwords, acl_file=acl_file)
+
+
+class PasswordAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped
+    """amqtt authentication against ``$7$`` hashes; without hashes everyone may connect.
+
+    Unlike amqtt's anonymous plugin it never marks a session anonymous, because amqtt
+    drops anonymous sessions on disconnect and the ingest needs its persistent session.
+    """
+
+    @dataclass
+    class Config:
+        passwords: dict[str, str] | None = None  # user -> $7$ hash; None: no authentication
+
+    async def authenticate(self, *, session: Session) -> bool:
+        passwords = self.config.passwords
+        if passwords is None:
+            return True
+        hashed = passwords.get(session.username or "")
+        return hashed is not None and verify_mosquitto_password(session.password or "", hashed)
+
+
+class DeviceAclPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt is untyped
+    """amqtt topic check with :class:`AclRules` per user, as the Mosquitto ACL does."""
+
+    @dataclass
+    class Config:
+        publish: dict[str, list[str]] = field(default_factory=dict)
+        subscribe: dict[str, list[str]] = field(default_factory=dict)
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool:
+        if session is None or topic is None or session.username is None:
+            return False
+        rules = self.config.publish if action == Action.PUBLISH else self.config.subscribe
+        return any(topic_matches(allowed, topic) for allowed in rules.get(session.username, []))
+
+
+class EmbeddedBroker:
+    """An in-process amqtt broker on a free port, for the embedded default and tests.
+
+    Example::
+
+        async with EmbeddedBroker() as broker:
+            async with aiomqtt.Client("127.0.0.1", broker.port) as client: ...
+
+    Args:
+        host: Address to listen on.
+        port: TCP port; 0 picks a free one (read it back from :attr:`port`).
+        credentials: User name -> plain password; ``None`` lets everyone connect.
+        acl: Rules per user (e.g. :func:`device_acl`); ``None`` allows every topic.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: Mapping[str, str] | None = None,
+        acl: Mapping[str, AclRules] | None = None,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._broker: Broker | None = None
+        passwords = (
+            None
+            if credentials is None
+            else {user: hash_mosquitto_password(pw) for user, pw in credentials.items()}
+        )
+        plugins: dict[str, Any] = {
+            f"{__name__}.PasswordAuthPlugin": {"passwords": passwords},
+        }
+        if acl is not None:
+            plugins[f"{__name__}.DeviceAclPlugin"] = {
+                "publish": {user: list(rules.publish) for user, rules in acl.items()},
+                "subscribe": {user: list(rules.subscribe) for user, rules in acl.items()},
+            }
+        self._config: dict[str, Any] = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+            "plugins": plugins,
+        }
+
+    @property
+    def port(self) -> int:
+        """The port the broker listens on (only while it runs)."""
+        if self._port is None:
+            raise RuntimeError("the broker is not running: use 'async with EmbeddedBroker()'")
+        return self._port
+
+    async def start(self) -> None:
+        """Start listening; :meth:`stop` or leaving the ``async with`` block stops it."""
+        if self._broker is not None:
+            raise RuntimeError("the broker is already running")
+        broker = Broker(self._config)
+        await broker.start()
+        self._broker = broker
+        sockets = broker._servers["default"].instance.sockets  # amqtt keeps its servers private
+        self._port = int(sockets[0].getsockname()[1])
+        _log.info("embedded MQTT broker on %s:%d", self.host, self._port)
+
+    async def stop(self) -> None:
+        """Disconnect every client and stop listening."""
+        broker, self._broker, self._port = self._broker, None, None
+        if broker is not None:
+            await broker.shutdown()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,748 @@
+"""MQTT ingest: device messages, checked against the contract, stored in batches exactly once.
+
+One aiomqtt client with a persistent session (``clean_session=False``, a fixed client id)
+subscribes with QoS 1 to every device's uplink channels, so the broker keeps what devices
+publish while the ingest is down. A message is acknowledged to the broker only after the
+transaction holding it has committed; a redelivery after a crash is recognised by its
+``(device, seq)`` in ``ingested_messages``, written in the same transaction as the data,
+and stored nothing twice. Whatever breaks the contract goes to ``dead_letters`` with the
+reason, and the stream goes on.
+
+Example::
+
+    service = IngestService(engine=engine, config=IngestConfig(host="broker", port=1883))
+    async with service:  # connected and subscribed
+        ...  # service.counters for metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, cast
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from cloud.models import Cell, Command, DeadLetter, Device, EisRecord, IngestedMessage, Measurement
+from cloud.models import Module as BatteryModule
+from cloud.mqtt.contract import (
+    TELEMETRY_QUANTITIES,
+    UPLINK_CHANNELS,
+    AckMessage,
+    ContractError,
+    EisMessage,
+    EventMessage,
+    StatusMessage,
+    TelemetryMessage,
+    Topics,
+    parse_uplink,
+)
+
+__all__ = ["IngestConfig", "IngestCounters", "IngestError", "IngestService"]
+
+_log = logging.getLogger(__name__)
+
+_MEASUREMENTS = cast(Table, Measurement.__table__)
+_EIS = cast(Table, EisRecord.__table__)
+_INGESTED = cast(Table, IngestedMessage.__table__)
+_DEAD = cast(Table, DeadLetter.__table__)
+_DEVICES = cast(Table, Device.__table__)
+_COMMANDS = cast(Table, Command.__table__)
+_MEASUREMENT_COLUMNS = ("cell_id", "device_id", "measured_at", "added_at", *TELEMETRY_QUANTITIES)
+_KEYS_PER_STATEMENT = 2000  # rows per multi-row INSERT (4 parameters each: within every limit)
+_UNKNOWN_DEVICE_RETRY_S = 2.0  # a device registered after its first message is seen this soon
+
+
+class IngestError(RuntimeError):
+    """The ingest cannot run as configured (broker unreachable, subscription refused)."""
+
+
+class IngestConfig(BaseModel):
+    """Where the broker is, who the ingest is there, and how it batches."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = Field(default="batterytwin-ingest", min_length=1, max_length=23)
+    """Fixed, so that the broker keeps the session (and its queued messages) across restarts."""
+    topics: Topics = Topics()
+    batch_size: int = Field(default=1000, ge=1)
+    """Most messages in one transaction; a batch is flushed as soon as no message waits."""
+    keepalive_s: int = Field(default=30, ge=5)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    reconnect_delay_s: float = Field(default=0.5, gt=0)
+    reconnect_delay_max_s: float = Field(default=30.0, gt=0)
+    device_cache_s: float = Field(default=60.0, ge=0)
+    """How long a device's id and cell map are reused before they are read again."""
+    dead_letter_chars: int = Field(default=4096, ge=0)
+    """Payload characters kept in a dead letter."""
+    use_copy: bool = True
+    """On PostgreSQL, write measurements with COPY (else executemany)."""
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> IngestConfig:
+        if self.password is not None and self.username is None:
+            raise ValueError("a password without a username is ignored by MQTT: set username")
+        return self
+
+
+@dataclass
+class IngestCounters:
+    """What the ingest has done since it started (for Prometheus)."""
+
+    messages_in: int = 0
+    stored: int = 0  # telemetry and EIS messages written (first delivery)
+    duplicates: int = 0  # redeliveries and repeated acks: nothing written
+    dead_lettered: int = 0
+    status_updates: int = 0
+    acks: int = 0
+    events: int = 0
+    measurement_rows: int = 0
+    eis_rows: int = 0
+    batches: int = 0
+    reconnects: int = 0
+    db_retries: int = 0
+    last_lag_s: float | None = None  # commit time minus the device's ts, newest stored message
+    last_batch_s: float | None = None  # how long the last batch's transaction took
+
+    @property
+    def processed(self) -> int:
+        """Messages that are done with (each counted once in exactly one outcome)."""
+        return (
+            self.stored
+            + self.duplicates
+            + self.dead_lettered
+            + self.status_updates
+            + self.acks
+            + self.events
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    topic: str
+    payload: bytes
+    retain: bool
+    received_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _DeviceInfo:
+    id: int
+    name: str
+    battery_id: int
+    cells: dict[int, int]  # position -> Cell.id
+    loaded_at: float  # time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class _Dead:
+    raw: _Raw
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Data:
+    raw: _Raw
+    device: _DeviceInfo
+    kind: str  # telemetry | eis
+    message: TelemetryMessage | EisMessage
+    cell_ids: list[int]  # Cell.id per cell_ids entry (telemetry) or per record (EIS)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.device.id, self.message.seq
+
+
+@dataclass(frozen=True, slots=True)
+class _Other:
+    raw: _Raw
+    device: _DeviceInfo
+    message: StatusMessage | AckMessage | EventMessage
+
+
+_Item = _Dead | _Data | _Other
+
+
+@dataclass
+class _Outcome:
+    stored: int = 0
+    duplicates: int = 0
+    dead: list[tuple[str, str]] = field(default_factory=list)  # (topic, reason)
+    status_updates: int = 0
+    acks: int = 0
+    events: int = 0
+    measurement_rows: int = 0
+    eis_rows: int = 0
+    lag_s: float | None = None
+
+    def add(self, other: _Outcome) -> None:
+        for name in ("stored", "duplicates", "status_updates", "acks", "events"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.measurement_rows += other.measurement_rows
+        self.eis_rows += other.eis_rows
+        self.dead += other.dead
+        self.lag_s = other.lag_s if other.lag_s is not None else self.lag_s
+
+
+def _transient(error: DBAPIError) -> bool:
+    """A database that is down or busy, as opposed to one that refuses this data."""
+    return isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class IngestService:
+    """Consumes device topics from the broker and writes them to the database.
+
+    Use it as an async context manager (connects, subscribes, consumes in the background,
+    and on exit flushes, acknowledges and disconnects) or await :meth:`run` in the service's
+    entry point. Database writes run in a worker thread, so the MQTT keepalive never waits
+    for the database.
+
+    Args:
+        engine: The database (schema from ``cloud.migrate.upgrade``).
+        config: Broker, identity and batching.
+    """
+
+    def __init__(self, *, engine: Engine, config: IngestConfig) -> None:
+        self._engine = engine
+        self._config = config
+        self.counters = IngestCounters()
+        self._devices: dict[str, tuple[_DeviceInfo | None, float]] = {}
+        self._stop = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def config(self) -> IngestConfig:
+        return self._config
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the ingest is connected and subscribed right now."""
+        return self._subscribed.is_set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish the batch in hand, disconnect and return."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` (or cancellation), reconnecting when the broker drops.
+
+        Raises:
+            IngestError: If the broker refuses the ingest's subscriptions.
+        """
+        self._stop.clear()
+        delay = self._config.reconnect_delay_s
+        while not self._stop.is_set():
+            try:
+                await self._session()
+                delay = self._config.reconnect_delay_s
+            except aiomqtt.MqttError as error:
+                self._subscribed.clear()
+                if self._stop.is_set():
+                    break
+                self.counters.reconnects += 1
+                _log.warning("MQTT: %s; reconnecting in %.1f s", error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(2 * delay, self._config.reconnect_delay_max_s)
+        self._subscribed.clear()
+
+    async def __aenter__(self) -> Self:
+        if self._task is not None:
+            raise RuntimeError("the ingest is already running")
+        self._task = asyncio.create_task(self.run(), name="mqtt-ingest")
+        subscribed = asyncio.create_task(self._subscribed.wait())
+        await asyncio.wait(
+            {self._task, subscribed},
+            timeout=self._config.connect_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        subscribed.cancel()
+        if not self._subscribed.is_set():
+            await self._finish()
+            cfg = self._config
+            raise IngestError(
+                f"no MQTT session with {cfg.host}:{cfg.port} within {cfg.connect_timeout_s} s: "
+                "is the broker running and are the ingest's credentials right?"
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._finish()
+
+    async def _finish(self) -> None:
+        task, self._task = self._task, None
+        self.stop()
+        if task is not None:
+            await task
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self._config
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=cfg.client_id,
+            clean_session=False,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.connect_timeout_s,
+        )
+        # aiomqtt acknowledges on receipt; paho can wait, and the ack must follow the commit
+        _paho(client).manual_ack_set(True)
+        return client
+
+    async def _session(self) -> None:
+        """One connection: read and flush batches until stop or error, subscribing meanwhile.
+
+        Reading starts before the SUBSCRIBE: a resumed session's queued messages arrive right
+        after the CONNACK, and a broker may answer the SUBSCRIBE only once they are acked.
+        """
+        topics = self._config.topics
+        async with self._client() as client:
+            consumer = asyncio.create_task(self._consume(client))
+            try:
+                wanted = [topics.subscription(channel) for channel in UPLINK_CHANNELS]
+                granted: Sequence[int | ReasonCode] = await client.subscribe(
+                    [(topic, 1) for topic in wanted]
+                )
+                refused = [t for t, code in zip(wanted, granted, strict=True) if _refused(code)]
+                if refused:
+                    raise IngestError(
+                        f"the broker refused the subscriptions {refused}: allow the ingest user "
+                        "to read them (see cloud.mqtt.broker.device_acl)"
+                    )
+                self._subscribed.set()
+                _log.info("MQTT ingest subscribed to %s", ", ".join(wanted))
+                await consumer
+            finally:
+                if not consumer.done():
+                    consumer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await consumer
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        messages = client.messages
+        stopping = asyncio.create_task(self._stop.wait())
+        get: asyncio.Task[aiomqtt.Message] | None = None
+        try:
+            while True:
+                get = asyncio.create_task(anext(messages))
+                await asyncio.wait({get, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    break  # unread and unacknowledged messages come again next session
+                batch = [get.result()]
+                get = None
+                while len(batch) < self._config.batch_size and len(messages) > 0:
+                    batch.append(await anext(messages))
+                await self._flush(client, batch)
+        finally:
+            stopping.cancel()
+            if get is not None:
+                get.cancel()
+
+    async def _flush(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
+        received_at = _now()
+        raws = [
+            _Raw(
+                topic=message.topic.value,
+                payload=_payload_bytes(message.payload),
+                retain=message.retain,
+                received_at=received_at,
+            )
+            for message in batch
+        ]
+        self.counters.messages_in += len(raws)
+        delay = self._config.reconnect_delay_s
+        while True:
+            started = time.perf_counter()
+            try:
+                outcome = await asyncio.to_thread(self._store, raws)
+                break
+            except DBAPIError as error:  # only transient errors leave _store
+                if self._stop.is_set():
+                    _log.warning("database unavailable at stop; the broker redelivers the batch")
+                    return
+                self.counters.db_retries += 1
+                _log.warning("database: %s; retrying the batch in %.1f s", error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(2 * delay, self._config.reconnect_delay_max_s)
+        mqtt = _paho(client)
+        for message in batch:
+            if message.qos > 0:
+                mqtt.ack(message.mid, message.qos)
+        self._count(outcome, seconds=time.perf_counter() - started)
+
+    def _count(self, outcome: _Outcome, *, seconds: float) -> None:
+        c = self.counters
+        c.batches += 1
+        c.stored += outcome.stored
+        c.duplicates += outcome.duplicates
+        c.dead_lettered += len(outcome.dead)
+        c.status_updates += outcome.status_updates
+        c.acks += outcome.acks
+        c.events += outcome.events
+        c.measurement_rows += outcome.measurement_rows
+        c.eis_rows += outcome.eis_rows
+        c.last_batch_s = seconds
+        if outcome.lag_s is not None:
+            c.last_lag_s = outcome.lag_s
+        for topic, reason in outcome.dead[:20]:
+            _log.warning("dead letter from %s: %s", topic, reason)
+
+    # --- worker thread: everything below touches the database ---------------------------
+
+    def _store(self, raws: Sequence[_Raw]) -> _Outcome:
+        """Prepare and write a batch in one transaction; one by one if the database refuses."""
+        items = [self._prepare_safely(raw) for raw in raws]
+        try:
+            with self._engine.begin() as conn:
+                return self._write(conn, items)
+        except DBAPIError as error:
+            if _transient(error):
+                raise
+            _log.warning("database refused a batch (%s); storing its messages one by one", error)
+        except Exception:
+            _log.exception("storing a batch failed; storing its messages one by one")
+        self._devices.clear()  # a device or cell may have gone
+        outcome = _Outcome()
+        for item in items:
+            try:
+                with self._engine.begin() as conn:
+                    outcome.add(self._write(conn, [item]))
+                continue
+            except DBAPIError as error:
+                if _transient(error):
+                    raise
+                reason = f"database refused: {str(error.orig).splitlines()[0]}"
+            except Exception as error:
+                _log.exception("storing a message from %s failed", item.raw.topic)
+                reason = f"internal error: {type(error).__name__}: {error}"
+            with self._engine.begin() as conn:
+                outcome.add(self._write(conn, [_Dead(item.raw, reason)]))
+        return outcome
+
+    def _prepare_safely(self, raw: _Raw) -> _Item:
+        try:
+            return self._prepare(raw)
+        except DBAPIError as error:
+            if _transient(error):
+                raise
+            return _Dead(raw, f"database refused: {str(error.orig).splitlines()[0]}")
+        except Exception as error:
+            _log.exception("reading a message from %s failed", raw.topic)
+            return _Dead(raw, f"internal error: {type(error).__name__}: {error}")
+
+    def _prepare(self, raw: _Raw) -> _Item:
+        """Topic, contract and device checks; no writes."""
+        try:
+            name, channel = self._config.topics.parse(raw.topic)
+            message = parse_uplink(channel, raw.payload)
+        except ContractError as error:
+            return _Dead(raw, error.reason)
+        device = self._device(name)
+        if device is None:
+            return _Dead(raw, f"unknown device {name!r}: no Device with that name")
+        if isinstance(message, StatusMessage | AckMessage | EventMessage):
+            return _Other(raw, device, message)
+        positions = (
+            message.cell_ids
+            if isinstance(message, TelemetryMessage)
+            else [record.cell_id for record in message.records]
+        )
+        missing = sorted(set(positions).difference(device.cells))
+        if missing and time.monotonic() - device.loaded_at > 1.0:
+            device = self._device(name, fresh=True) or device
+            missing = sorted(set(positions).difference(device.cells))
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+            return _Dead(
+                raw,
+                f"unknown cells: cell_ids {shown} are not positions of cells in the battery "
+                f"(id {device.battery_id}) of device {name!r}",
+            )
+        kind = "telemetry" if isinstance(message, TelemetryMessage) else "eis"
+        return _Data(raw, device, kind, message, [device.cells[p] for p in positions])
+
+    def _device(self, name: str, *, fresh: bool = False) -> _DeviceInfo | None:
+        """The device called ``name`` with its cell map, cached for ``device_cache_s``."""
+        now = time.monotonic()
+        cached = self._devices.get(name)
+        if cached is not None and not fresh:
+            info, loaded_at = cached
+            ttl = self._config.device_cache_s if info is not None else _UNKNOWN_DEVICE_RETRY_S
+            if now - loaded_at < ttl:
+                return info
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(Device.id, Device.battery_id).where(Device.name == name)
+            ).first()
+            info = None
+            if row is not None:
+                cells = conn.execute(
+                    select(Cell.position, Cell.id)
+                    .join(BatteryModule, Cell.module_id == BatteryModule.id)
+                    .where(BatteryModule.battery_id == row.battery_id, Cell.position.is_not(None))
+                ).all()
+                info = _DeviceInfo(
+                    id=row.id,
+                    name=name,
+                    battery_id=row.battery_id,
+                    cells={p: cell_id for p, cell_id in cells if p is not None},
+                    loaded_at=now,
+                )
+        self._devices[name] = (info, now)
+        return info
+
+    def _write(self, conn: Connection, items: Sequence[_Item]) -> _Outcome:
+        """Write prepared items in the caller's transaction."""
+        now = _now()
+        outcome = _Outcome()
+        dead: list[_Dead] = [item for item in items if isinstance(item, _Dead)]
+        fresh, more_dead, outcome.duplicates = self._claim(
+            conn, [item for item in items if isinstance(item, _Data)], now=now
+        )
+        dead += more_dead
+        self._write_data(conn, fresh, now=now, outcome=outcome)
+        others = [item for item in items if isinstance(item, _Other)]
+        dead += self._write_others(conn, others, fresh, now=now, outcome=outcome)
+        if dead:
+            order = {id(item.raw): i for i, item in enumerate(items)}
+            dead.sort(key=lambda d: order[id(d.raw)])  # the order they arrived in
+            keep = self._config.dead_letter_chars
+            conn.execute(
+                insert(_DEAD),
+                [
+                    {
+                        "received_at": d.raw.received_at,
+                        "topic": d.raw.topic[:255],
+                        "reason": d.reason,
+                        # PostgreSQL text holds no NUL
+                        "payload": d.raw.payload[:keep]
+                        .decode("utf-8", errors="replace")
+                        .replace("\x00", "\ufffd"),
+                    }
+                    for d in dead
+                ],
+            )
+            outcome.dead = [(d.raw.topic, d.reason) for d in dead]
+        return outcome
+
+    def _claim(
+        self, conn: Connection, data: Sequence[_Data], *, now: dt.datetime
+    ) -> tuple[list[_Data], list[_Dead], int]:
+        """Insert ``(device, seq)`` of each message; only the ones that were new are stored.
+
+        Returns:
+            The messages to store, dead letters for a seq reused by another kind, and how
+            many were duplicates.
+        """
+        first: dict[tuple[int, int], _Data] = {}
+        dead: list[_Dead] = []
+        duplicates = 0
+        for item in data:
+            seen = first.get(item.key)
+            if seen is None:
+                first[item.key] = item
+            elif seen.kind != item.kind:
+                dead.append(_Dead(item.raw, _seq_reused(item, seen.kind)))
+            else:
+                duplicates += 1
+        if not first:
+            return [], dead, duplicates
+        rows = [
+            {"device_id": d.device.id, "seq": d.message.seq, "kind": d.kind, "received_at": now}
+            for d in first.values()
+        ]
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        claimed: set[tuple[int, int]] = set()
+        for start in range(0, len(rows), _KEYS_PER_STATEMENT):
+            statement = (
+                dialect_insert(_INGESTED)
+                .values(rows[start : start + _KEYS_PER_STATEMENT])
+                .on_conflict_do_nothing()
+                .returning(_INGESTED.c.device_id, _INGESTED.c.seq)
+            )
+            claimed.update((int(a), int(b)) for a, b in conn.execute(statement))
+        taken = [key for key in first if key not in claimed]
+        if taken:
+            kinds = {
+                (int(a), int(b)): kind
+                for a, b, kind in conn.execute(
+                    select(_INGESTED.c.device_id, _INGESTED.c.seq, _INGESTED.c.kind).where(
+                        tuple_(_INGESTED.c.device_id, _INGESTED.c.seq).in_(taken)
+                    )
+                )
+            }
+            for key in taken:
+                item = first[key]
+                if kinds.get(key, item.kind) != item.kind:
+                    dead.append(_Dead(item.raw, _seq_reused(item, kinds[key])))
+                else:
+                    duplicates += 1
+        return [d for key, d in first.items() if key in claimed], dead, duplicates
+
+    def _write_data(
+        self, conn: Connection, fresh: Sequence[_Data], *, now: dt.datetime, outcome: _Outcome
+    ) -> None:
+        measurements: list[tuple[Any, ...]] = []
+        eis: list[dict[str, Any]] = []
+        for item in fresh:
+            message = item.message
+            if isinstance(message, TelemetryMessage):
+                arrays = [getattr(message, q) for q in TELEMETRY_QUANTITIES]
+                for i, cell_id in enumerate(item.cell_ids):
+                    values = [None if a is None else a[i] for a in arrays]
+                    measurements.append((cell_id, item.device.id, message.ts, now, *values))
+            else:
+                for record, cell_id in zip(message.records, item.cell_ids, strict=True):
+                    row = record.model_dump(exclude={"cell_id"}, by_alias=False)
+                    eis.append(
+                        row | {"cell_id": cell_id, "measured_at": message.ts, "added_at": now}
+                    )
+            outcome.lag_s = (now - message.ts).total_seconds()
+        if measurements:
+            self._insert_measurements(conn, measurements)
+        if eis:
+            conn.execute(insert(_EIS), eis)
+        outcome.stored += len(fresh)
+        outcome.measurement_rows += len(measurements)
+        outcome.eis_rows += len(eis)
+
+    def _insert_measurements(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if conn.dialect.name == "postgresql" and self._config.use_copy:
+            # COPY on the transaction's own psycopg connection: commits with the seq claims
+            driver = conn.connection.driver_connection
+            columns = ", ".join(_MEASUREMENT_COLUMNS)
+            with (
+                driver.cursor() as cursor,  # type: ignore[union-attr]
+                cursor.copy(f"COPY {_MEASUREMENTS.name} ({columns}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            return
+        conn.execute(
+            insert(_MEASUREMENTS), [dict(zip(_MEASUREMENT_COLUMNS, r, strict=True)) for r in rows]
+        )
+
+    def _write_others(
+        self,
+        conn: Connection,
+        others: Sequence[_Other],
+        fresh: Iterable[_Data],
+        *,
+        now: dt.datetime,
+        outcome: _Outcome,
+    ) -> list[_Dead]:
+        """Acks, presence and last_seen; returns dead letters for acks of unknown commands."""
+        dead: list[_Dead] = []
+        last_seen: dict[int, dt.datetime] = {}
+        online: dict[int, bool] = {}
+        for data in fresh:
+            last_seen[data.device.id] = data.raw.received_at
+        for item in others:
+            message, device = item.message, item.device
+            if not item.raw.retain:  # a retained message is old news, not a sign of life
+                last_seen[device.id] = item.raw.received_at
+            if isinstance(message, StatusMessage):
+                online[device.id] = message.online
+                outcome.status_updates += 1
+            elif isinstance(message, EventMessage):
+                level = logging.WARNING if message.severity == "alarm" else logging.INFO
+                _log.log(level, "event from %s: %s %s", device.name, message.kind, message.detail)
+                outcome.events += 1
+            else:
+                result = conn.execute(
+                    update(_COMMANDS)
+                    .where(
+                        _COMMANDS.c.id == message.command_id,
+                        _COMMANDS.c.device_id == device.id,
+                        _COMMANDS.c.status.in_(("pending", "sent")),
+                    )
+                    .values(
+                        status="acked" if message.status == "ok" else "failed",
+                        acked_at=now,
+                        ack_detail=message.detail,
+                    )
+                )
+                if result.rowcount:
+                    outcome.acks += 1
+                    continue
+                known = conn.execute(
+                    select(_COMMANDS.c.id).where(
+                        _COMMANDS.c.id == message.command_id, _COMMANDS.c.device_id == device.id
+                    )
+                ).first()
+                if known is None:
+                    dead.append(
+                        _Dead(
+                            item.raw,
+                            f"ack for command {message.command_id}, which is not a command of "
+                            f"device {device.name!r}",
+                        )
+                    )
+                else:
+                    outcome.duplicates += 1  # the command was already acknowledged
+        if online:
+            conn.execute(
+                update(_DEVICES)
+                .where(_DEVICES.c.id == bindparam("b_id"))
+                .values(online=bindparam("b_online")),
+                [{"b_id": k, "b_online": v} for k, v in online.items()],
+            )
+        if last_seen:
+            conn.execute(
+                update(_DEVICES)
+                .where(_DEVICES.c.id == bindparam("b_id"))
+                .values(last_seen=bindparam("b_seen")),
+                [{"b_id": k, "b_seen": v} for k, v in last_seen.items()],
+            )
+        return dead
+
+
+def _seq_reused(item: _Data, other_kind: str) -> str:
+    return (
+        f"seq {item.message.seq} of device {item.device.name!r} was already used by a "
+        f"{other_kind} message (one seq counter per device covers telemetry and eis)"
+    )
+
+
+def _refused(code: int | ReasonCode) -> bool:
+    return code.is_failure if isinstance(code, ReasonCode) else code >= 0x80
+
+
+def _payload_bytes(payload: Any) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
+
+
+def _paho(client: aiomqtt.Client) -> paho.Client:
+    """The paho client under aiomqtt (aiomqtt 2 has no manual-acknowledgement API)."""
+    return client._client
