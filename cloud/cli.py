@@ -36,8 +36,26 @@ def serve(
         settings = CloudSettings(**overrides)
         if (certfile is None) != (keyfile is None):
             raise ValueError("give both --certfile and --keyfile for HTTPS")
+    tls: dict[str, Any] = {"ssl_certfile": certfile, "ssl_keyfile": keyfile}
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, **tls)
+        return
+    # Several processes build their apps from the same settings, passed by environment.
+    # Each worker runs its own ingest, so MQTT needs an external broker here.
+    if settings.broker == "embedded":
+        raise typer.BadParameter("--workers > 1 needs --broker mqtt://... or --broker none")
+    import os
+
+    for key, value in settings.model_dump().items():
+        if value is not None:
+            os.environ[f"BATTERYTWIN_{key.upper()}"] = str(value)
     uvicorn.run(
-        create_app(settings), host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile
+        "cloud.main:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        **tls,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,14 +11,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from cloud.activity import ActivityRecorder
-from cloud.api import auth
+from cloud.api import auth, commands
 from cloud.api.crud import crud_router
 from cloud.api.measurements import measurement_router
 from cloud.api.resources import resources
 from cloud.db import make_engine, session_factory
+from cloud.metrics import render_metrics
 from cloud.migrate import upgrade
 from cloud.settings import CloudSettings
 
@@ -32,7 +35,29 @@ def create_app(settings: CloudSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upgrade(engine)
         app.state.activity.start()
-        yield
+        async with contextlib.AsyncExitStack() as stack:
+            app.state.ingest = None
+            app.state.mqtt = None
+            if settings.broker != "none":
+                from cloud.mqtt import EmbeddedBroker, IngestConfig, IngestService
+
+                address = settings.broker_address()
+                if address is None:
+                    broker = await stack.enter_async_context(
+                        EmbeddedBroker(port=settings.embedded_broker_port)
+                    )
+                    address = ("127.0.0.1", broker.port)
+                app.state.mqtt = address
+                config = IngestConfig(
+                    host=address[0],
+                    port=address[1],
+                    username=settings.mqtt_username,
+                    password=SecretStr(settings.mqtt_password) if settings.mqtt_password else None,
+                )
+                app.state.ingest = await stack.enter_async_context(
+                    IngestService(engine=engine, config=config)
+                )
+            yield
         app.state.activity.stop()
         engine.dispose()
 
@@ -48,6 +73,8 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.state.sessions = session_factory(engine)
     app.state.token_limiter = auth.RateLimiter(settings.token_rate_per_minute)
     app.state.activity = ActivityRecorder(app.state.sessions)
+    app.state.ingest = None  # set by the lifespan when MQTT is on
+    app.state.mqtt = None
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -73,6 +100,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
         return response
 
     app.include_router(auth.router)
+    app.include_router(commands.router)
     for res in resources():
         if res.path == "measurements":
             app.include_router(measurement_router(res))
@@ -80,14 +108,24 @@ def create_app(settings: CloudSettings) -> FastAPI:
 
     @app.get("/health", tags=["Monitoring"])
     def health() -> JSONResponse:
+        """200 when the database (and, with MQTT on, the broker) is reachable."""
+        status: dict[str, str] = {}
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+            status["database"] = "ok"
         except Exception as exc:
-            return JSONResponse(
-                status_code=503, content={"database": f"unreachable: {type(exc).__name__}"}
-            )
-        return JSONResponse(content={"database": "ok"})
+            status["database"] = f"unreachable: {type(exc).__name__}"
+        ingest = app.state.ingest
+        if ingest is not None:
+            status["broker"] = "ok" if ingest.subscribed else "unreachable"
+        healthy = all(v == "ok" for v in status.values())
+        return JSONResponse(status_code=200 if healthy else 503, content=status)
+
+    @app.get("/metrics", tags=["Monitoring"])
+    def metrics() -> Response:
+        """Prometheus text format: ingest counters and devices online."""
+        return Response(render_metrics(app), media_type="text/plain; version=0.0.4")
 
     @app.get("/docs", include_in_schema=False)
     def docs_redirect() -> Response:

@@ -17,15 +17,32 @@ class CloudSettings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     database_url: str = "sqlite:///batterytwin.db"
-    broker: str = Field(default="embedded", description="'embedded' or mqtt://host:port")
+    broker: str = Field(
+        default="embedded",
+        description="'embedded' (in-process amqtt), mqtt://host:port (e.g. Mosquitto), or 'none'",
+    )
+    embedded_broker_port: int = Field(default=1884, ge=0, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
     jwt_secret: str = DEV_SECRET
     access_token_minutes: int = Field(default=60, gt=0)
     refresh_token_minutes: int = Field(default=24 * 60, gt=0)
     page_size_max: int = Field(default=1000, gt=0)
     token_rate_per_minute: int = Field(default=20, gt=0)
 
+    def broker_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of an external broker, None for 'embedded' or 'none'."""
+        if self.broker in ("embedded", "none"):
+            return None
+        host, _, port = self.broker.removeprefix("mqtt://").partition(":")
+        return host, int(port or 1883)
+
     @model_validator(mode="after")
     def _no_default_secret_in_production(self) -> CloudSettings:
+        if self.broker not in ("embedded", "none") and not self.broker.startswith("mqtt://"):
+            raise ValueError(
+                f"broker must be 'embedded', 'none' or mqtt://host:port, got {self.broker!r}"
+            )
         if self.environment == "production" and self.jwt_secret == DEV_SECRET:
             raise ValueError(
                 "BATTERYTWIN_JWT_SECRET must be set in production: the default secret would "

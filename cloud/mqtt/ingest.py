@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -61,7 +62,6 @@ _DEAD = cast(Table, DeadLetter.__table__)
 _DEVICES = cast(Table, Device.__table__)
 _COMMANDS = cast(Table, Command.__table__)
 _MEASUREMENT_COLUMNS = ("cell_id", "device_id", "measured_at", "added_at", *TELEMETRY_QUANTITIES)
-_KEYS_PER_STATEMENT = 2000  # rows per multi-row INSERT (4 parameters each: within every limit)
 _UNKNOWN_DEVICE_RETRY_S = 2.0  # a device registered after its first message is seen this soon
 
 
@@ -90,7 +90,7 @@ class IngestConfig(BaseModel):
     device_cache_s: float = Field(default=60.0, ge=0)
     """How long a device's id and cell map are reused before they are read again."""
     dead_letter_chars: int = Field(default=4096, ge=0)
-    """Payload characters kept in a dead letter."""
+    """Payload bytes kept in a dead letter (decoded as UTF-8 with replacement)."""
     use_copy: bool = True
     """On PostgreSQL, write measurements with COPY (else executemany)."""
 
@@ -250,7 +250,6 @@ class IngestService:
         Raises:
             IngestError: If the broker refuses the ingest's subscriptions.
         """
-        self._stop.clear()
         delay = self._config.reconnect_delay_s
         while not self._stop.is_set():
             try:
@@ -270,6 +269,7 @@ class IngestService:
     async def __aenter__(self) -> Self:
         if self._task is not None:
             raise RuntimeError("the ingest is already running")
+        self._stop.clear()
         self._task = asyncio.create_task(self.run(), name="mqtt-ingest")
         subscribed = asyncio.create_task(self._subscribed.wait())
         await asyncio.wait(
@@ -349,22 +349,35 @@ class IngestService:
     async def _consume(self, client: aiomqtt.Client) -> None:
         messages = client.messages
         stopping = asyncio.create_task(self._stop.wait())
-        get: asyncio.Task[aiomqtt.Message] | None = None
         try:
-            while True:
+            while not self._stop.is_set():
                 get = asyncio.create_task(anext(messages))
                 await asyncio.wait({get, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
-                    break  # unread and unacknowledged messages come again next session
-                batch = [get.result()]
-                get = None
-                while len(batch) < self._config.batch_size and len(messages) > 0:
-                    batch.append(await anext(messages))
+                    get.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await get
+                if get.cancelled():
+                    break
+                await self._flush(client, await self._drain(messages, first=get.result()))
+            # what has arrived is stored before leaving: a broker may forget in-flight messages
+            remaining = len(messages)
+            while remaining > 0:
+                batch = await self._drain(messages, first=await anext(messages), most=remaining)
+                remaining -= len(batch)
                 await self._flush(client, batch)
         finally:
             stopping.cancel()
-            if get is not None:
-                get.cancel()
+
+    async def _drain(
+        self, messages: aiomqtt.client.MessagesIterator, *, first: aiomqtt.Message, most: int = 0
+    ) -> list[aiomqtt.Message]:
+        """``first`` and the messages already waiting, up to the batch size (or ``most``)."""
+        limit = min(most or self._config.batch_size, self._config.batch_size)
+        batch = [first]
+        while len(batch) < limit and len(messages) > 0:
+            batch.append(await anext(messages))
+        return batch
 
     async def _flush(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
         received_at = _now()
@@ -581,15 +594,13 @@ class IngestService:
             for d in first.values()
         ]
         dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        claimed: set[tuple[int, int]] = set()
-        for start in range(0, len(rows), _KEYS_PER_STATEMENT):
-            statement = (
-                dialect_insert(_INGESTED)
-                .values(rows[start : start + _KEYS_PER_STATEMENT])
-                .on_conflict_do_nothing()
-                .returning(_INGESTED.c.device_id, _INGESTED.c.seq)
-            )
-            claimed.update((int(a), int(b)) for a, b in conn.execute(statement))
+        statement = (
+            dialect_insert(_INGESTED)
+            .on_conflict_do_nothing()
+            .returning(_INGESTED.c.device_id, _INGESTED.c.seq)
+        )
+        # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs
+        claimed = {(int(a), int(b)) for a, b in conn.execute(statement, rows)}
         taken = [key for key in first if key not in claimed]
         if taken:
             kinds = {
@@ -616,10 +627,10 @@ class IngestService:
         for item in fresh:
             message = item.message
             if isinstance(message, TelemetryMessage):
-                arrays = [getattr(message, q) for q in TELEMETRY_QUANTITIES]
-                for i, cell_id in enumerate(item.cell_ids):
-                    values = [None if a is None else a[i] for a in arrays]
-                    measurements.append((cell_id, item.device.id, message.ts, now, *values))
+                absent = [None] * len(item.cell_ids)
+                columns = [getattr(message, q) or absent for q in TELEMETRY_QUANTITIES]
+                device, ts = repeat(item.device.id), repeat(message.ts)
+                measurements.extend(zip(item.cell_ids, device, ts, repeat(now), *columns))
             else:
                 for record, cell_id in zip(message.records, item.cell_ids, strict=True):
                     row = record.model_dump(exclude={"cell_id"}, by_alias=False)

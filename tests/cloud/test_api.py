@@ -45,7 +45,7 @@ class Api:
 @pytest.fixture
 def api(database_url: str) -> Iterator[Api]:
     settings = CloudSettings(
-        database_url=database_url, jwt_secret=SECRET, token_rate_per_minute=1000
+        database_url=database_url, jwt_secret=SECRET, token_rate_per_minute=1000, broker="none"
     )
     with TestClient(create_app(settings)) as client:
         yield Api(client)
@@ -142,7 +142,9 @@ def test_token_and_refresh_flow(api: Api) -> None:
 
 
 def test_token_requests_are_rate_limited(database_url: str) -> None:
-    settings = CloudSettings(database_url=database_url, jwt_secret=SECRET, token_rate_per_minute=3)
+    settings = CloudSettings(
+        database_url=database_url, jwt_secret=SECRET, token_rate_per_minute=3, broker="none"
+    )
     with TestClient(create_app(settings)) as client:
         codes = [
             client.post("/api/token/", json={"username": "bob", "password": "x" * 8}).status_code

@@ -30,6 +30,8 @@ def test_serve_https_with_a_throwaway_ca(tmp_path: Path) -> None:
     cmd += [
         "--db",
         f"sqlite:///{tmp_path / 'tls.db'}",
+        "--broker",
+        "none",
         "--certfile",
         str(cert),
         "--keyfile",
