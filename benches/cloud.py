@@ -12,6 +12,7 @@ Run: ``python -m benches.cloud --json`` (seeding takes a few minutes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -23,15 +24,47 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database (its URL), dropped afterwards."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def seed_pack(session: Any, *, serial: str, n_cells: int) -> tuple[int, list[int]]:
+    """A battery with one module of ``n_cells`` cells (positions 0..n-1); their ids."""
+    from cloud.models import Battery, Cell, Module
+
+    battery = Battery(serial_number=serial, battery_name="bench")
+    session.add(battery)
+    session.flush()
+    module = Module(module_name="m0", battery_id=battery.id)
+    session.add(module)
+    session.flush()
+    cells = [Cell(cell_name=f"c{i}", module_id=module.id, position=i) for i in range(n_cells)]
+    session.add_all(cells)
+    session.flush()
+    return battery.id, [c.id for c in cells]
 
 
 def _seed(url: str, *, n_rows: int, n_cells: int) -> dict[str, Any]:
@@ -39,22 +72,12 @@ def _seed(url: str, *, n_rows: int, n_cells: int) -> dict[str, Any]:
 
     from cloud.db import make_engine, session_factory
     from cloud.migrate import upgrade
-    from cloud.models import Battery, Cell, Module
     from cloud.users import add_user
 
     engine = make_engine(url)
     upgrade(engine)
     with session_factory(engine)() as session, session.begin():
-        battery = Battery(serial_number="BENCH-1", battery_name="bench")
-        session.add(battery)
-        session.flush()
-        module = Module(module_name="m0", battery_id=battery.id)
-        session.add(module)
-        session.flush()
-        cells = [Cell(cell_name=f"c{i}", module_id=module.id, position=i) for i in range(n_cells)]
-        session.add_all(cells)
-        session.flush()
-        cell_ids = [c.id for c in cells]
+        _, cell_ids = seed_pack(session, serial="BENCH-1", n_cells=n_cells)
         add_user(session, username="svc", password="bench-password", role="service")
     engine.dispose()
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -124,54 +147,34 @@ def run_benchmark(
     *, n_rows: int = 10_000_000, users: int = 50, duration_s: float = 30.0, workers: int = 2
 ) -> dict[str, Any]:
     import httpx
-    import psycopg
 
-    name = f"bt_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
     server = None
-    try:
-        print(f"[benches.cloud] seeding {n_rows:,} rows ...", file=sys.stderr, flush=True)
-        seeded = _seed(url, n_rows=n_rows, n_cells=16)
-        port = _free_port()
-        env = {**os.environ, "BATTERYTWIN_JWT_SECRET": "bench-secret-" + "x" * 40}
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "batterytwin",
-                "cloud",
-                "serve",
-                "--db",
-                url,
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        token = httpx.post(
-            f"{base}/api/token/", json={"username": "svc", "password": "bench-password"}
-        ).json()["access"]
-        print(
-            f"[benches.cloud] {users} users for {duration_s:.0f} s ...", file=sys.stderr, flush=True
-        )
-        latencies = _load(base, token, seeded, users=users, duration_s=duration_s)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database("bt_bench") as url:
+        try:
+            print(f"[benches.cloud] seeding {n_rows:,} rows ...", file=sys.stderr, flush=True)
+            seeded = _seed(url, n_rows=n_rows, n_cells=16)
+            port = free_port()
+            env = {**os.environ, "BATTERYTWIN_JWT_SECRET": "bench-secret-" + "x" * 40}
+            command = [sys.executable, "-m", "batterytwin", "cloud", "serve", "--db", url]
+            command += ["--port", str(port), "--workers", str(workers), "--broker", "none"]
+            server = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            login = {"username": "svc", "password": "bench-password"}
+            token = httpx.post(f"{base}/api/token/", json=login).json()["access"]
+            print(f"[benches.cloud] {users} users for {duration_s:.0f} s ...", file=sys.stderr)
+            latencies = _load(base, token, seeded, users=users, duration_s=duration_s)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=10)
     latencies.sort()
     return {
         "benchmark": "cloud",

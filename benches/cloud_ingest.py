@@ -17,16 +17,15 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+from benches.cloud import free_port, seed_pack, throwaway_database
+
 N_CELLS = 16
 
 _PUBLISHER = r"""
@@ -49,30 +48,16 @@ asyncio.run(main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _seed(url: str) -> None:
     from cloud.db import make_engine, session_factory
     from cloud.migrate import upgrade
-    from cloud.models import Battery, Cell, Device, Module
+    from cloud.models import Device
 
     engine = make_engine(url)
     upgrade(engine)
     with session_factory(engine)() as session, session.begin():
-        battery = Battery(serial_number="INGEST-1", battery_name="bench")
-        session.add(battery)
-        session.flush()
-        module = Module(module_name="m0", battery_id=battery.id)
-        session.add(module)
-        session.flush()
-        session.add_all(
-            [Cell(cell_name=f"c{i}", module_id=module.id, position=i) for i in range(N_CELLS)]
-        )
-        session.add(Device(name="bench", battery_id=battery.id, pillar=2))
+        battery_id, _ = seed_pack(session, serial="INGEST-1", n_cells=N_CELLS)
+        session.add(Device(name="bench", battery_id=battery_id, pillar=2))
     engine.dispose()
 
 
@@ -116,15 +101,9 @@ async def _measure(url: str, port: int, n: int) -> dict[str, Any]:
 
 
 def run_benchmark(*, messages: int = 30_000) -> dict[str, Any]:
-    import psycopg
-
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    name = f"bt_ingest_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as tmp:
+    port = free_port()
+    with throwaway_database("bt_ingest") as url, tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n"
@@ -138,8 +117,6 @@ def run_benchmark(*, messages: int = 30_000) -> dict[str, Any]:
         finally:
             broker.terminate()
             broker.wait(timeout=10)
-            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return {"benchmark": "cloud_ingest", "backend": "postgresql+mosquitto", **result}
 
 
