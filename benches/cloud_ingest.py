@@ -29,8 +29,8 @@ from benches.cloud import free_port, seed_pack, throwaway_database
 N_CELLS = 16
 
 _PUBLISHER = r"""
-import asyncio, json, sys, time
-import aiomqtt
+import json, sys, time
+import paho.mqtt.client as mqtt
 host, port, topic, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 cells = list(range(16))
 def message(seq):
@@ -38,13 +38,17 @@ def message(seq):
         "voltage": [3.6 + 0.001 * i for i in cells], "current": [5.0] * 16,
         "temperature": [25.0] * 16, "soc": [55.0] * 16, "soh": [81.0] * 16,
         "sos": [1.0] * 16, "equivalent_cycles": [812.5] * 16})
-async def main():
-    # QoS 1 pipelined in windows of 10 (aiomqtt's comfortable number of pending publishes).
-    async with aiomqtt.Client(host, port, identifier="bench-device", max_inflight_messages=20) as c:
-        for start in range(0, n, 10):
-            await asyncio.gather(*(c.publish(topic, message(s), qos=1)
-                                   for s in range(start, min(start + 10, n))))
-asyncio.run(main())
+# paho's own network thread with 100 QoS 1 messages in flight: ~8,000 msg/s alone here,
+# where awaiting aiomqtt publishes in windows managed ~500 msg/s and measured the publisher.
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-device")
+client.max_inflight_messages_set(100)
+client.connect(host, port)
+client.loop_start()
+sent = [client.publish(topic, message(s), qos=1) for s in range(n)]
+for info in sent:
+    info.wait_for_publish(timeout=600)
+client.disconnect()
+client.loop_stop()
 """
 
 
@@ -106,7 +110,7 @@ def run_benchmark(*, messages: int = 30_000) -> dict[str, Any]:
     with throwaway_database("bt_ingest") as url, tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n"
+            f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 4000\n"
             "max_queued_messages 1000000\nmessage_size_limit 1048576\npersistence false\n"
         )
         broker = subprocess.Popen([mosquitto, "-c", str(conf)], stderr=subprocess.DEVNULL)

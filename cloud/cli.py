@@ -22,6 +22,9 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes (one per core).")] = 1,
     certfile: Annotated[str | None, typer.Option(help="TLS certificate (serves HTTPS).")] = None,
     keyfile: Annotated[str | None, typer.Option(help="TLS private key.")] = None,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every request to stderr (the activity log has them).")
+    ] = False,
 ) -> None:
     """Run the REST API (migrations apply on start)."""
     import uvicorn
@@ -36,7 +39,11 @@ def serve(
         settings = CloudSettings(**overrides)
         if (certfile is None) != (keyfile is None):
             raise ValueError("give both --certfile and --keyfile for HTTPS")
-    tls: dict[str, Any] = {"ssl_certfile": certfile, "ssl_keyfile": keyfile}
+    tls: dict[str, Any] = {
+        "ssl_certfile": certfile,
+        "ssl_keyfile": keyfile,
+        "access_log": access_log,
+    }
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, **tls)
         return

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -14,8 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from cloud.activity import ActivityRecorder
-from cloud.api import auth, commands
+from cloud.activity import ActivityMiddleware, ActivityRecorder
+from cloud.api import auth, commands, devices
 from cloud.api.crud import crud_router
 from cloud.api.measurements import measurement_router
 from cloud.api.resources import resources
@@ -24,7 +25,26 @@ from cloud.metrics import render_metrics
 from cloud.migrate import upgrade
 from cloud.settings import CloudSettings
 
+if TYPE_CHECKING:
+    from cloud.mqtt.broker import AccountSource
+
 log = logging.getLogger("batterytwin.cloud")
+
+
+def _embedded_accounts(app: FastAPI) -> tuple[str, SecretStr, AccountSource]:
+    """The embedded broker's accounts: each device's own password from the database, and
+    the ingest's user with a password made for this run (the command publisher uses it
+    too); devices without a password cannot connect."""
+    from cloud.mqtt.broker import INGEST_USER, hash_mosquitto_password
+    from cloud.mqtt.credentials import database_account_source
+
+    password = secrets.token_urlsafe(24)
+    accounts = database_account_source(
+        app.state.sessions,
+        ingest_user=INGEST_USER,
+        ingest_password_hash=hash_mosquitto_password(password),
+    )
+    return INGEST_USER, SecretStr(password), accounts
 
 
 def create_app(settings: CloudSettings) -> FastAPI:
@@ -40,19 +60,31 @@ def create_app(settings: CloudSettings) -> FastAPI:
             app.state.mqtt = None
             if settings.broker != "none":
                 from cloud.mqtt import EmbeddedBroker, IngestConfig, IngestService
+                from cloud.mqtt.commands import MqttEndpoint
 
+                username = settings.mqtt_username
+                password = SecretStr(settings.mqtt_password) if settings.mqtt_password else None
                 address = settings.broker_address()
                 if address is None:
+                    username, password, accounts = _embedded_accounts(app)
                     broker = await stack.enter_async_context(
-                        EmbeddedBroker(port=settings.embedded_broker_port)
+                        EmbeddedBroker(port=settings.embedded_broker_port, accounts=accounts)
                     )
                     address = ("127.0.0.1", broker.port)
-                app.state.mqtt = address
-                config = IngestConfig(
+                endpoint = MqttEndpoint(
                     host=address[0],
                     port=address[1],
-                    username=settings.mqtt_username,
-                    password=SecretStr(settings.mqtt_password) if settings.mqtt_password else None,
+                    username=username,
+                    password=password,
+                    tls=settings.mqtt_tls(),
+                )
+                app.state.mqtt = endpoint  # the command publisher connects with it
+                config = IngestConfig(
+                    host=endpoint.host,
+                    port=endpoint.port,
+                    username=endpoint.username,
+                    password=endpoint.password,
+                    tls=endpoint.tls,
                 )
                 app.state.ingest = await stack.enter_async_context(
                     IngestService(engine=engine, config=config)
@@ -81,26 +113,11 @@ def create_app(settings: CloudSettings) -> FastAPI:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": errors})
 
-    @app.middleware("http")
-    async def _activity(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        if request.url.path.startswith("/api/") and not request.url.path.startswith("/api/schema"):
-            user_id, username = getattr(request.state, "user_ref", (None, None))
-            app.state.activity.record(
-                at=dt.datetime.now(dt.UTC),
-                user_id=user_id,
-                username=username,
-                client=request.client.host if request.client else None,
-                method=request.method,
-                path=request.url.path[:500],
-                status_code=response.status_code,
-            )
-        return response
+    app.add_middleware(ActivityMiddleware, recorder=app.state.activity)
 
     app.include_router(auth.router)
     app.include_router(commands.router)
+    app.include_router(devices.router)
     for res in resources():
         if res.path == "measurements":
             app.include_router(measurement_router(res))

@@ -241,11 +241,17 @@ class Cell(Base):
 
 
 class Measurement(Base):
-    """One row per cell and sample; Pillar 1 and Pillar 2 fields (unused ones are null)."""
+    """One row per cell and sample; Pillar 1 and Pillar 2 fields (unused ones are null).
+
+    ``cell_id`` has no foreign key: PostgreSQL checks one row by row, which took more than
+    half of a bulk COPY's time. Writers check the cells instead (the ingest against the
+    device's cell map, the REST API against ``cells``), and a trigger on ``cells`` deletes
+    a deleted cell's measurements, as the cascade did (migration 3c1e5a7b9d20).
+    """
 
     __tablename__ = "measurements"
     id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
-    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"))
+    cell_id: Mapped[int] = mapped_column(Integer)
     measured_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     added_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=_now, server_default=func.now()
@@ -380,6 +386,24 @@ class Device(Base):
     online: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     reporting_interval_s: Mapped[float] = mapped_column(Float, default=1.0)
+    mqtt_password_hash: Mapped[str | None] = mapped_column(String(200))
+    """Mosquitto ``$7$`` (PBKDF2-SHA512) hash of the device's MQTT password; None: no login."""
+
+
+class Event(Base):
+    """Something an edge BMS reported on its events topic (a limit hit, a contactor opened)."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    battery_id: Mapped[int] = mapped_column(ForeignKey("batteries.id", ondelete="CASCADE"))
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))  # device clock
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    kind: Mapped[str] = mapped_column(String(50))
+    severity: Mapped[str] = mapped_column(String(10))  # info, warning, alarm
+    detail: Mapped[str] = mapped_column(String(2000), default="")
+    cell_ids: Mapped[list[int] | None] = mapped_column(JSON)  # cell positions, as sent
+    __table_args__ = (Index("ix_events_battery_time", "battery_id", "occurred_at"),)
 
 
 class Command(Base):

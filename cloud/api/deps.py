@@ -18,7 +18,7 @@ from cloud.settings import CloudSettings
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_settings(request: Request) -> CloudSettings:
+async def get_settings(request: Request) -> CloudSettings:  # async: no thread hop
     settings: CloudSettings = request.app.state.settings
     return settings
 

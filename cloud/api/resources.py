@@ -247,6 +247,7 @@ def _res(
     read_only: tuple[str, ...] = ("id",),
     limits: Mapping[str, tuple[float, float]] | None = None,
     relations: dict[str, tuple[Any, str]] | None = None,
+    hidden: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> Resource:
     rel_docs = {k: doc for k, (_, doc) in (relations or {}).items()}
@@ -257,6 +258,7 @@ def _res(
         read_only=read_only,
         limits=limits,
         relations=rel_docs,
+        hidden=hidden,
     )
     return Resource(
         path=path,
@@ -309,6 +311,7 @@ def resources() -> list[Resource]:
             required=("cell_id",),
             read_only=("id", "added_at", "device_id"),
             limits=_MEASUREMENT_LIMITS,
+            references={"cell_id": Cell},
             scope=_scope_by_cell(Measurement.cell_id),
             can_write=check_cell_data,
             filters={
@@ -455,6 +458,7 @@ def resources() -> list[Resource]:
             write=frozenset({Role.admin}),
             required=("name", "battery_id"),
             read_only=("id", "online", "last_seen"),
+            hidden=("mqtt_password_hash",),  # set only by issuing a password
             limits={"reporting_interval_s": (0.01, 86_400.0), "pillar": (1, 2)},
             scope=_scope_by_battery(Device.battery_id),
             filters={"battery": Device.battery_id},

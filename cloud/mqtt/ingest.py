@@ -32,11 +32,35 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    Table,
+    bindparam,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.types import TypeEngine
 
-from cloud.models import Cell, Command, DeadLetter, Device, EisRecord, IngestedMessage, Measurement
+from cloud.models import (
+    Cell,
+    Command,
+    DeadLetter,
+    Device,
+    EisRecord,
+    Event,
+    IngestedMessage,
+    Measurement,
+)
 from cloud.models import Module as BatteryModule
 from cloud.mqtt.contract import (
     TELEMETRY_QUANTITIES,
@@ -50,6 +74,7 @@ from cloud.mqtt.contract import (
     Topics,
     parse_uplink,
 )
+from cloud.mqtt.tls import MqttTls, tls_context
 
 __all__ = ["IngestConfig", "IngestCounters", "IngestError", "IngestService"]
 
@@ -60,9 +85,27 @@ _EIS = cast(Table, EisRecord.__table__)
 _INGESTED = cast(Table, IngestedMessage.__table__)
 _DEAD = cast(Table, DeadLetter.__table__)
 _DEVICES = cast(Table, Device.__table__)
+_EVENTS = cast(Table, Event.__table__)
 _COMMANDS = cast(Table, Command.__table__)
 _MEASUREMENT_COLUMNS = ("cell_id", "device_id", "measured_at", "added_at", *TELEMETRY_QUANTITIES)
+_STOP_POLL_S = 0.25  # how often an idle ingest checks whether it should stop
 _UNKNOWN_DEVICE_RETRY_S = 2.0  # a device registered after its first message is seen this soon
+
+
+def _postgres_type(column_type: TypeEngine[Any]) -> str:
+    """The PostgreSQL type name binary COPY needs for a measurements column."""
+    if isinstance(column_type, BigInteger):
+        return "int8"
+    if isinstance(column_type, Integer):
+        return "int4"
+    if isinstance(column_type, DateTime):
+        return "timestamptz" if column_type.timezone else "timestamp"
+    if isinstance(column_type, Float):
+        return "float8"
+    raise TypeError(f"no binary COPY type for {column_type!r}")
+
+
+_COPY_TYPES = [_postgres_type(_MEASUREMENTS.c[name].type) for name in _MEASUREMENT_COLUMNS]
 
 
 class IngestError(RuntimeError):
@@ -82,7 +125,9 @@ class IngestConfig(BaseModel):
     """Fixed, so that the broker keeps the session (and its queued messages) across restarts."""
     topics: Topics = Topics()
     batch_size: int = Field(default=1000, ge=1)
-    """Most messages in one transaction; a batch is flushed as soon as no message waits."""
+    """Most messages in one transaction."""
+    batch_window_s: float = Field(default=0.02, ge=0, le=5)
+    """How long a batch stays open after its first message, gathering more (added latency)."""
     keepalive_s: int = Field(default=30, ge=5)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     reconnect_delay_s: float = Field(default=0.5, gt=0)
@@ -93,6 +138,8 @@ class IngestConfig(BaseModel):
     """Payload bytes kept in a dead letter (decoded as UTF-8 with replacement)."""
     use_copy: bool = True
     """On PostgreSQL, write measurements with COPY (else executemany)."""
+    tls: MqttTls | None = None
+    """Connect over TLS, verifying the broker against a CA (port 8883, usually); None: plain."""
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> IngestConfig:
@@ -281,9 +328,15 @@ class IngestService:
         if not self._subscribed.is_set():
             await self._finish()
             cfg = self._config
+            tls = (
+                f" TLS is on: does the broker serve TLS on port {cfg.port}, with a certificate "
+                f"for {cfg.tls.server_hostname or cfg.host} signed by the CA in {cfg.tls.ca_file}?"
+                if cfg.tls
+                else ""
+            )
             raise IngestError(
                 f"no MQTT session with {cfg.host}:{cfg.port} within {cfg.connect_timeout_s} s: "
-                "is the broker running and are the ingest's credentials right?"
+                f"is the broker running and are the ingest's credentials right?{tls}"
             )
         return self
 
@@ -312,6 +365,7 @@ class IngestService:
             clean_session=False,
             keepalive=cfg.keepalive_s,
             timeout=cfg.connect_timeout_s,
+            tls_context=tls_context(cfg.tls) if cfg.tls else None,
         )
         # aiomqtt acknowledges on receipt; paho can wait, and the ack must follow the commit
         _paho(client).manual_ack_set(True)
@@ -347,37 +401,33 @@ class IngestService:
                         await consumer
 
     async def _consume(self, client: aiomqtt.Client) -> None:
-        messages = client.messages
-        stopping = asyncio.create_task(self._stop.wait())
-        try:
-            while not self._stop.is_set():
-                get = asyncio.create_task(anext(messages))
-                await asyncio.wait({get, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await get
-                if get.cancelled():
-                    break
-                await self._flush(client, await self._drain(messages, first=get.result()))
-            # what has arrived is stored before leaving: a broker may forget in-flight messages
-            remaining = len(messages)
-            while remaining > 0:
-                batch = await self._drain(messages, first=await anext(messages), most=remaining)
-                remaining -= len(batch)
-                await self._flush(client, batch)
-        finally:
-            stopping.cancel()
+        """Gather batches and flush them until stop; then store what has already arrived.
 
-    async def _drain(
-        self, messages: aiomqtt.client.MessagesIterator, *, first: aiomqtt.Message, most: int = 0
-    ) -> list[aiomqtt.Message]:
-        """``first`` and the messages already waiting, up to the batch size (or ``most``)."""
-        limit = min(most or self._config.batch_size, self._config.batch_size)
-        batch = [first]
-        while len(batch) < limit and len(messages) > 0:
-            batch.append(await anext(messages))
-        return batch
+        A batch closes when it is full or ``batch_window_s`` after its first message. While a
+        batch's transaction runs, the event loop keeps receiving, so under load the next
+        batch fills during the commit and batches grow with the message rate.
+        """
+        cfg = self._config
+        while not self._stop.is_set():
+            first = await _next_message(client, timeout_s=_STOP_POLL_S)
+            if first is None:
+                continue
+            batch = [first]
+            deadline = time.monotonic() + cfg.batch_window_s
+            while len(batch) < cfg.batch_size:
+                waiting = _take_waiting(client, cfg.batch_size - len(batch))
+                if waiting:
+                    batch += waiting
+                    continue
+                left_s = deadline - time.monotonic()
+                message = await _next_message(client, timeout_s=left_s) if left_s > 0 else None
+                if message is None:
+                    break
+                batch.append(message)
+            await self._flush(client, batch)
+        # what has arrived is stored before leaving: a broker may forget in-flight messages
+        while batch := _take_waiting(client, cfg.batch_size):
+            await self._flush(client, batch)
 
     async def _flush(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
         received_at = _now()
@@ -593,14 +643,7 @@ class IngestService:
             {"device_id": d.device.id, "seq": d.message.seq, "kind": d.kind, "received_at": now}
             for d in first.values()
         ]
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        statement = (
-            dialect_insert(_INGESTED)
-            .on_conflict_do_nothing()
-            .returning(_INGESTED.c.device_id, _INGESTED.c.seq)
-        )
-        # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs
-        claimed = {(int(a), int(b)) for a, b in conn.execute(statement, rows)}
+        claimed = {(int(a), int(b)) for a, b in _insert_new_keys(conn, rows)}
         taken = [key for key in first if key not in claimed]
         if taken:
             kinds = {
@@ -649,12 +692,16 @@ class IngestService:
     def _insert_measurements(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         if conn.dialect.name == "postgresql" and self._config.use_copy:
             # COPY on the transaction's own psycopg connection: commits with the seq claims
+            # binary COPY with the types given: ~5x faster than text COPY here
             driver = conn.connection.driver_connection
             columns = ", ".join(_MEASUREMENT_COLUMNS)
             with (
                 driver.cursor() as cursor,  # type: ignore[union-attr]
-                cursor.copy(f"COPY {_MEASUREMENTS.name} ({columns}) FROM STDIN") as copy,
+                cursor.copy(
+                    f"COPY {_MEASUREMENTS.name} ({columns}) FROM STDIN (FORMAT BINARY)"
+                ) as copy,
             ):
+                copy.set_types(_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
             return
@@ -675,6 +722,7 @@ class IngestService:
         dead: list[_Dead] = []
         last_seen: dict[int, dt.datetime] = {}
         online: dict[int, bool] = {}
+        events: list[dict[str, Any]] = []
         for data in fresh:
             last_seen[data.device.id] = data.raw.received_at
         for item in others:
@@ -687,6 +735,18 @@ class IngestService:
             elif isinstance(message, EventMessage):
                 level = logging.WARNING if message.severity == "alarm" else logging.INFO
                 _log.log(level, "event from %s: %s %s", device.name, message.kind, message.detail)
+                events.append(
+                    {
+                        "device_id": device.id,
+                        "battery_id": device.battery_id,
+                        "occurred_at": message.ts,
+                        "received_at": item.raw.received_at,
+                        "kind": message.kind,
+                        "severity": message.severity,
+                        "detail": message.detail,
+                        "cell_ids": message.cell_ids,
+                    }
+                )
                 outcome.events += 1
             else:
                 result = conn.execute(
@@ -720,6 +780,8 @@ class IngestService:
                     )
                 else:
                     outcome.duplicates += 1  # the command was already acknowledged
+        if events:
+            conn.execute(insert(_EVENTS), events)
         if online:
             conn.execute(
                 update(_DEVICES)
@@ -737,11 +799,76 @@ class IngestService:
         return dead
 
 
+def _insert_new_keys(conn: Connection, rows: Sequence[dict[str, Any]]) -> Iterable[Any]:
+    """Insert message keys, skipping known ones; the ``(device_id, seq)`` that were new."""
+    if conn.dialect.name == "postgresql":
+        # one statement with array parameters: a multi-row VALUES of thousands of
+        # placeholders spent more time in query building than in the database
+        return conn.execute(
+            text(
+                f"INSERT INTO {_INGESTED.name} (device_id, seq, kind, received_at) "
+                "SELECT d, s, k, :received_at FROM unnest("
+                "CAST(:devices AS integer[]), CAST(:seqs AS bigint[]), CAST(:kinds AS text[])"
+                ") AS t(d, s, k) ON CONFLICT DO NOTHING RETURNING device_id, seq"
+            ),
+            {
+                "devices": [r["device_id"] for r in rows],
+                "seqs": [r["seq"] for r in rows],
+                "kinds": [r["kind"] for r in rows],
+                "received_at": rows[0]["received_at"],
+            },
+        )
+    statement = (
+        sqlite.insert(_INGESTED)
+        .on_conflict_do_nothing()
+        .returning(_INGESTED.c.device_id, _INGESTED.c.seq)
+    )
+    # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs
+    return conn.execute(statement, rows)
+
+
 def _seq_reused(item: _Data, other_kind: str) -> str:
     return (
         f"seq {item.message.seq} of device {item.device.name!r} was already used by a "
         f"{other_kind} message (one seq counter per device covers telemetry and eis)"
     )
+
+
+async def _next_message(client: aiomqtt.Client, *, timeout_s: float) -> aiomqtt.Message | None:
+    """The next received message, or None after ``timeout_s``.
+
+    Reads aiomqtt's message queue directly: ``anext(client.messages)`` loses the message
+    it was handed when the waiting is cancelled, an ``asyncio.Queue.get`` does not.
+
+    Raises:
+        aiomqtt.MqttError: If the connection drops while waiting.
+    """
+    queue = _queue(client)
+    if not queue.empty():
+        return queue.get_nowait()
+    disconnected: asyncio.Future[None] = client._disconnected
+    get = asyncio.ensure_future(queue.get())
+    try:
+        waiting: set[asyncio.Future[Any]] = {get, disconnected}
+        await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not get.done():
+            get.cancel()  # the message, if one came, stays in the queue
+    if get.done() and not get.cancelled():
+        return get.result()
+    if disconnected.done():
+        raise aiomqtt.MqttError("disconnected while waiting for messages")
+    return None
+
+
+def _take_waiting(client: aiomqtt.Client, most: int) -> list[aiomqtt.Message]:
+    """Up to ``most`` messages that have already arrived, without waiting."""
+    queue = _queue(client)
+    return [queue.get_nowait() for _ in range(min(most, queue.qsize()))]
+
+
+def _queue(client: aiomqtt.Client) -> asyncio.Queue[aiomqtt.Message]:
+    return client._queue
 
 
 def _refused(code: int | ReasonCode) -> bool:

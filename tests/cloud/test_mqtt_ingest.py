@@ -15,8 +15,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
 from cloud.db import make_engine
-from cloud.models import DeadLetter, Device, EisRecord, IngestedMessage, Measurement
-from cloud.mqtt.contract import Channel, StatusMessage
+from cloud.models import DeadLetter, Device, EisRecord, Event, IngestedMessage, Measurement
+from cloud.mqtt.contract import Channel, EventMessage, StatusMessage
 from cloud.mqtt.ingest import IngestService
 from tests.cloud.mqtt_fixtures import (
     BACKENDS,
@@ -143,6 +143,27 @@ def test_exactly_once_across_an_ingest_restart(backend: Backend) -> None:
     assert count(backend.engine, Measurement, Measurement.device_id == seeded.device_id) == (
         n * N_CELLS
     )
+
+
+def test_a_trickle_is_gathered_into_few_batches_within_the_window(backend: Backend) -> None:
+    """Messages 10 ms apart share a transaction when the batch window is 1 s; with no window
+    each one is its own batch."""
+    seed_device(backend, "bms-trickle")
+    topic = backend.topic("bms-trickle", Channel.telemetry)
+    n = 20
+
+    async def batches_for(window_s: float, first_seq: int) -> int:
+        async with backend.broker() as (host, port):
+            async with backend.ingest(host, port, batch_window_s=window_s) as ingest:
+                async with aiomqtt.Client(host, port) as device:
+                    for seq in range(first_seq, first_seq + n):
+                        await device.publish(topic, telemetry(seq), qos=1)
+                        await asyncio.sleep(0.01)
+                await wait_until(lambda: ingest.counters.stored >= n, what=f"{n} stored")
+                return ingest.counters.batches
+
+    assert asyncio.run(batches_for(1.0, 0)) <= 2
+    assert asyncio.run(batches_for(0.0, n)) >= n // 2
 
 
 def test_a_message_is_acknowledged_only_once_it_is_stored(
@@ -274,3 +295,31 @@ def test_status_and_last_will_set_device_online(backend: Backend) -> None:
     asyncio.run(scenario())
     with backend.engine.connect() as conn:
         assert conn.execute(select(Device.last_seen)).scalar() is not None
+
+
+def test_events_are_stored_with_device_battery_and_cells(backend: Backend) -> None:
+    seeded = seed_device(backend, "bms-events")
+    topic = backend.topic("bms-events", Channel.events)
+    alarm = EventMessage(
+        ts=T0, kind="over_temperature", severity="alarm", detail="62 degC", cell_ids=[3, 4]
+    )
+
+    async def scenario() -> None:
+        async with backend.broker() as (host, port), backend.ingest(host, port) as ingest:
+            async with aiomqtt.Client(host, port) as device:
+                await device.publish(topic, alarm.model_dump_json(), qos=1)
+                await device.publish(topic, b'{"ts": 0, "kind": "Bad Kind"}', qos=1)
+            await wait_until(lambda: ingest.counters.processed >= 2, what="two events")
+            assert (ingest.counters.events, ingest.counters.dead_lettered) == (1, 1)
+
+    asyncio.run(scenario())
+    with backend.engine.connect() as conn:
+        row = conn.execute(select(Event)).one()
+    assert (row.device_id, row.battery_id) == (seeded.device_id, seeded.battery_id)
+    assert (row.kind, row.severity, row.detail, row.cell_ids) == (
+        "over_temperature",
+        "alarm",
+        "62 degC",
+        [3, 4],
+    )
+    assert row.occurred_at.replace(tzinfo=None) == T0.replace(tzinfo=None)
