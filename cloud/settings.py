@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud.mqtt.tls import MQTTS_PORT, MqttTls
+
 DEV_SECRET = "dev-secret-change-me-dev-secret-change-me"
 
 
 class CloudSettings(BaseSettings):
-    """Read from ``BATTERYTWIN_*`` environment variables; tests pass their own."""
+    """Read from ``BATTERYTWIN_*`` environment variables; tests pass their own.
+
+    ``broker = mqtts://host[:port]`` (port 8883 by default) connects the ingest and the
+    command publisher over TLS and needs ``mqtt_ca_file``: the system trust store is not
+    used implicitly, so a private CA is always named and a typo cannot fall back to trusting
+    every public CA. For a broker with a publicly signed certificate, name the system bundle
+    (e.g. ``/etc/ssl/certs/ca-certificates.crt``).
+    """
 
     model_config = SettingsConfigDict(env_prefix="BATTERYTWIN_", frozen=True)
 
@@ -19,11 +29,17 @@ class CloudSettings(BaseSettings):
     database_url: str = "sqlite:///batterytwin.db"
     broker: str = Field(
         default="embedded",
-        description="'embedded' (in-process amqtt), mqtt://host:port (e.g. Mosquitto), or 'none'",
+        description="'embedded' (in-process amqtt), mqtt://host[:port] (e.g. Mosquitto, 1883), "
+        "mqtts://host[:port] (TLS, 8883), or 'none'",
     )
     embedded_broker_port: int = Field(default=1884, ge=0, le=65535)
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    mqtt_ca_file: Path | None = None
+    """PEM CA bundle that the broker's certificate must chain to (required by mqtts://)."""
+    mqtt_client_certfile: Path | None = None
+    """Client certificate (PEM) for brokers that require one; needs mqtt_client_keyfile."""
+    mqtt_client_keyfile: Path | None = None
     jwt_secret: str = DEV_SECRET
     access_token_minutes: int = Field(default=60, gt=0)
     refresh_token_minutes: int = Field(default=24 * 60, gt=0)
@@ -34,14 +50,28 @@ class CloudSettings(BaseSettings):
         """``(host, port)`` of an external broker, None for 'embedded' or 'none'."""
         if self.broker in ("embedded", "none"):
             return None
-        host, _, port = self.broker.removeprefix("mqtt://").partition(":")
-        return host, int(port or 1883)
+        scheme, _, rest = self.broker.partition("://")
+        host, _, port = rest.partition(":")
+        return host, int(port) if port else (MQTTS_PORT if scheme == "mqtts" else 1883)
+
+    def mqtt_tls(self) -> MqttTls | None:
+        """TLS of an ``mqtts://`` broker, None for any other."""
+        if not self.broker.startswith("mqtts://") or self.mqtt_ca_file is None:
+            return None
+        return MqttTls(
+            ca_file=self.mqtt_ca_file,
+            certfile=self.mqtt_client_certfile,
+            keyfile=self.mqtt_client_keyfile,
+        )
 
     @model_validator(mode="after")
     def _no_default_secret_in_production(self) -> CloudSettings:
-        if self.broker not in ("embedded", "none") and not self.broker.startswith("mqtt://"):
+        if self.broker not in ("embedded", "none") and not self.broker.startswith(
+            ("mqtt://", "mqtts://")
+        ):
             raise ValueError(
-                f"broker must be 'embedded', 'none' or mqtt://host:port, got {self.broker!r}"
+                "broker must be 'embedded', 'none', mqtt://host[:port] or mqtts://host[:port], "
+                f"got {self.broker!r}"
             )
         if self.environment == "production" and self.jwt_secret == DEV_SECRET:
             raise ValueError(
@@ -50,4 +80,28 @@ class CloudSettings(BaseSettings):
             )
         if len(self.jwt_secret) < 32:
             raise ValueError("BATTERYTWIN_JWT_SECRET must be at least 32 characters (HS256 key)")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_needs_mqtts_and_a_ca(self) -> CloudSettings:
+        tls_files = (self.mqtt_ca_file, self.mqtt_client_certfile, self.mqtt_client_keyfile)
+        if not self.broker.startswith("mqtts://"):
+            if any(path is not None for path in tls_files):
+                raise ValueError(
+                    f"BATTERYTWIN_MQTT_CA_FILE / _CLIENT_CERTFILE / _CLIENT_KEYFILE apply to an "
+                    f"mqtts:// broker only, but broker is {self.broker!r}: use "
+                    "mqtts://host[:port] for TLS, or unset them"
+                )
+            return self
+        if self.mqtt_ca_file is None:
+            raise ValueError(
+                f"broker {self.broker!r} (TLS) needs BATTERYTWIN_MQTT_CA_FILE, the CA that signed "
+                "the broker's certificate (for a public CA, the system bundle such as "
+                "/etc/ssl/certs/ca-certificates.crt)"
+            )
+        if (self.mqtt_client_certfile is None) != (self.mqtt_client_keyfile is None):
+            raise ValueError(
+                "a client certificate needs both BATTERYTWIN_MQTT_CLIENT_CERTFILE and "
+                "BATTERYTWIN_MQTT_CLIENT_KEYFILE"
+            )
         return self

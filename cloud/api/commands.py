@@ -57,7 +57,7 @@ async def send(
     body: CommandCreate, request: Request, session: SessionDep, user: CurrentUser
 ) -> dict[str, Any]:
     """Store the command, publish it on the device's downlink topic (QoS 1), mark it sent."""
-    from cloud.mqtt.commands import publish_command
+    from cloud.mqtt.commands import MqttEndpoint, publish_command
     from cloud.mqtt.contract import ContractError, command_message
 
     if user.role not in _ISSUERS:
@@ -71,8 +71,8 @@ async def send(
         raise HTTPException(
             422, detail=[{"loc": ["body", "params"], "msg": error.reason}]
         ) from None
-    address = request.app.state.mqtt
-    if address is None:
+    endpoint: MqttEndpoint | None = request.app.state.mqtt
+    if endpoint is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail="MQTT is off (broker = none)"
         )
@@ -81,15 +81,8 @@ async def send(
     )
     session.add(cmd)
     session.commit()  # the publisher reads it from its own connection
-    settings = request.app.state.settings
     try:
-        async with aiomqtt.Client(
-            address[0],
-            address[1],
-            username=settings.mqtt_username,
-            password=settings.mqtt_password,
-            identifier=f"batterytwin-api-{cmd.id}",
-        ) as client:
+        async with endpoint.client(identifier=f"batterytwin-api-{cmd.id}") as client:
             await publish_command(client, engine=request.app.state.engine, command_id=cmd.id)
     except aiomqtt.MqttError as error:
         raise HTTPException(

@@ -14,18 +14,9 @@ from cloud.api.deps import CurrentUser, SessionDep
 from cloud.api.resources import check_cell_data
 from cloud.api.schemas import ApiModel, FiniteFloat
 from cloud.models import Cell, Measurement, Role
+from cloud.mqtt.contract import TELEMETRY_QUANTITIES, check_parallel_arrays
 
-ARRAYS = (
-    "voltage",
-    "temperature",
-    "current",
-    "sot",
-    "phase",
-    "soc",
-    "sos",
-    "soh",
-    "equivalent_cycles",
-)
+ARRAYS = TELEMETRY_QUANTITIES  # the same per-cell quantities as MQTT telemetry
 
 
 class MeasurementBatch(ApiModel):
@@ -45,11 +36,7 @@ class MeasurementBatch(ApiModel):
 
     @model_validator(mode="after")
     def _parallel(self) -> "MeasurementBatch":
-        n = len(self.cell_ids)
-        for name in ARRAYS:
-            values = getattr(self, name)
-            if values is not None and len(values) != n:
-                raise ValueError(f"{name} has {len(values)} values but cell_ids has {n}")
+        check_parallel_arrays(self.cell_ids, {name: getattr(self, name) for name in ARRAYS})
         return self
 
 

@@ -25,6 +25,7 @@ from cloud.models import (
     DiagnosticParameters,
     EcmParameterSet,
     EisRecord,
+    Event,
     Manufacturer,
     Material,
     Measurement,
@@ -463,6 +464,18 @@ def resources() -> list[Resource]:
             scope=_scope_by_battery(Device.battery_id),
             filters={"battery": Device.battery_id},
             unique_fields=("name",),
+        ),
+        _res(
+            "events",
+            Event,
+            "Events",
+            read=DATA_READERS,
+            write=frozenset({Role.admin}),  # devices report events over MQTT only
+            required=("device_id", "battery_id", "occurred_at", "kind", "severity"),
+            read_only=("id", "received_at"),
+            scope=_scope_by_battery(Event.battery_id),
+            filters={"battery": Event.battery_id, "device": Event.device_id},
+            time_column=Event.occurred_at,
         ),
         _res(
             "safety_feature",

@@ -77,6 +77,7 @@ def build_schemas(
     required: tuple[str, ...] = (),
     limits: Mapping[str, tuple[float, float]] | None = None,
     relations: dict[str, str] | None = None,
+    hidden: tuple[str, ...] = (),
 ) -> tuple[type[ApiModel], type[ApiModel], type[ApiModel]]:
     """``Create``, ``Update`` and ``Public`` models for ``model``.
 
@@ -86,12 +87,15 @@ def build_schemas(
         required: Columns a POST/PUT must carry (others are optional).
         limits: Allowed ranges of numeric columns.
         relations: Many-to-many relationships exposed as lists of ids (name -> doc).
+        hidden: Columns the API neither shows nor takes (secrets such as hashes).
     """
     limits = limits or {}
     create: dict[str, Any] = {}
     update: dict[str, Any] = {}
     public: dict[str, Any] = {}
     for column in model.__table__.columns:
+        if column.name in hidden:
+            continue
         tp, kw = _python_type(column, limits)
         public[column.name] = (tp | None, None)
         if column.name in read_only:

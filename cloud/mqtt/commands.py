@@ -12,18 +12,44 @@ import datetime as dt
 from typing import cast
 
 import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import Engine, Table, case, select, update
 
 from cloud.models import Command, Device
 from cloud.mqtt.contract import Channel, CommandMessage, ContractError, Topics, command_message
+from cloud.mqtt.tls import MqttTls, tls_context
 
-__all__ = ["CommandError", "publish_command"]
+__all__ = ["CommandError", "MqttEndpoint", "publish_command"]
 
 _COMMANDS = cast(Table, Command.__table__)
 
 
 class CommandError(LookupError):
     """A command that cannot be sent (no such command, or parameters off the contract)."""
+
+
+class MqttEndpoint(BaseModel):
+    """Where the cloud publishes commands: the broker's address, its user and TLS."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: MqttTls | None = None
+    """Verify the broker against a CA over TLS; None: plain MQTT."""
+
+    def client(self, *, identifier: str) -> aiomqtt.Client:
+        """A client for this broker, to be entered with ``async with`` (which connects)."""
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password.get_secret_value() if self.password else None,
+            identifier=identifier,
+            tls_context=tls_context(self.tls) if self.tls else None,
+        )
 
 
 async def publish_command(

@@ -26,6 +26,7 @@ import datetime as dt
 import enum
 import math
 import re
+from collections.abc import Mapping, Sequence, Sized
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -217,6 +218,24 @@ class _Payload(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+def check_parallel_arrays(cell_ids: Sequence[int], arrays: Mapping[str, Sized | None]) -> None:
+    """The one-sample-of-many-cells format, shared by MQTT telemetry and the REST bulk POST.
+
+    Raises:
+        ValueError: If a cell repeats, no quantity is given, or an array's length is not
+            that of ``cell_ids``.
+    """
+    n = len(cell_ids)
+    if len(set(cell_ids)) != n:
+        raise ValueError("cell_ids must not repeat a cell")
+    present = {name: values for name, values in arrays.items() if values is not None}
+    if not present:
+        raise ValueError(f"no quantity: send at least one of {', '.join(arrays)}")
+    for name, values in present.items():
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} values for {n} cell_ids")
+
+
 class TelemetryMessage(_Payload):
     """One sample of a pack, cell by cell, as parallel arrays indexed like ``cell_ids``.
 
@@ -246,19 +265,7 @@ class TelemetryMessage(_Payload):
 
     @model_validator(mode="after")
     def _parallel(self) -> TelemetryMessage:
-        n = len(self.cell_ids)
-        if len(set(self.cell_ids)) != n:
-            raise ValueError("cell_ids must not repeat a cell")
-        present = 0
-        for name in TELEMETRY_QUANTITIES:
-            values = getattr(self, name)
-            if values is None:
-                continue
-            present += 1
-            if len(values) != n:
-                raise ValueError(f"{name} has {len(values)} values for {n} cell_ids")
-        if present == 0:
-            raise ValueError(f"no quantity: send at least one of {', '.join(TELEMETRY_QUANTITIES)}")
+        check_parallel_arrays(self.cell_ids, {q: getattr(self, q) for q in TELEMETRY_QUANTITIES})
         return self
 
     def quantities(self) -> dict[str, list[float]]:

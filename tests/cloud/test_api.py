@@ -357,7 +357,7 @@ def test_bulk_measurements_reject_mismatched_arrays_and_unknown_cells(
     bad = api.client.post(
         "/api/measurements/", json={"cell_ids": cells, "voltage": [3.7]}, headers=site["admin"]
     )
-    assert bad.status_code == 422 and "voltage has 1 values but cell_ids has 4" in bad.text
+    assert bad.status_code == 422 and "voltage has 1 values for 4 cell_ids" in bad.text
     unknown = api.client.post(
         "/api/measurements/", json={"cell_ids": [99999], "voltage": [3.7]}, headers=site["admin"]
     )
@@ -415,3 +415,76 @@ def test_analytics_resources_and_their_permissions(api: Api, site: dict[str, Any
     assert api.client.get("/api/ecm_parameters/", headers=rival).json() == []  # not its battery
     devices = api.client.get("/api/devices/", headers=operator).json()
     assert [d["name"] for d in devices] == ["edge-a"] and devices[0]["online"] is False
+
+
+def test_events_are_listed_per_battery_and_only_to_its_readers(
+    api: Api, site: dict[str, Any]
+) -> None:
+    """Events arrive over MQTT; REST lists them, scoped like the battery's other data."""
+    from cloud.models import Event
+
+    t0 = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    with api.sessions() as session, session.begin():
+        edge = session.query(Device).filter_by(name="edge-a").one()
+        other = Device(name="edge-b", battery_id=site["bat_b"])
+        session.add(other)
+        session.flush()
+        session.add_all(
+            [
+                Event(
+                    device_id=edge.id,
+                    battery_id=site["bat_a"],
+                    occurred_at=t0 + dt.timedelta(minutes=k),
+                    kind="over_voltage",
+                    severity="alarm",
+                    detail=f"cell {k}",
+                    cell_ids=[k],
+                )
+                for k in range(3)
+            ]
+            + [
+                Event(
+                    device_id=other.id,
+                    battery_id=site["bat_b"],
+                    occurred_at=t0,
+                    kind="contactor_open",
+                    severity="warning",
+                )
+            ]
+        )
+    listed = api.client.get(
+        "/api/events/",
+        params={"battery": site["bat_a"], "since": (t0 + dt.timedelta(minutes=1)).isoformat()},
+        headers=site["operator"],
+    )
+    assert listed.status_code == 200, listed.text
+    assert [(e["detail"], e["cell_ids"]) for e in listed.json()] == [
+        ("cell 1", [1]),
+        ("cell 2", [2]),
+    ]
+    # the operator of battery A sees none of battery B's events; the service sees all
+    everything = api.client.get("/api/events/", headers=site["operator"]).json()
+    assert {e["battery_id"] for e in everything} == {site["bat_a"]}
+    assert len(api.client.get("/api/events/", headers=site["service"]).json()) == 4
+    forged = {
+        "device_id": 1,
+        "battery_id": site["bat_a"],
+        "occurred_at": t0.isoformat(),
+        "kind": "x",
+        "severity": "info",
+    }
+    assert api.client.post("/api/events/", json=forged, headers=site["service"]).status_code == 403
+
+
+def test_a_measurement_cannot_be_moved_to_a_cell_that_does_not_exist(
+    api: Api, site: dict[str, Any]
+) -> None:
+    """measurements.cell_id has no foreign key (bulk-write speed): the API checks it, for
+    every role, admin included."""
+    body = {"cell_ids": [site["cells_a"][0]], "voltage": [3.7]}
+    stored = api.post("/api/measurements/", body, site["device"])
+    item = f"/api/measurements/{stored['ids'][0]}/"
+    moved = api.client.patch(item, json={"cell_id": 999_999}, headers=site["admin"])
+    assert moved.status_code == 422, moved.text
+    assert moved.json()["detail"][0]["loc"] == ["body", "cell_id"]
+    assert api.client.get(item, headers=site["admin"]).json()["cell_id"] == site["cells_a"][0]

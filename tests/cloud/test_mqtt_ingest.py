@@ -153,14 +153,16 @@ def test_a_trickle_is_gathered_into_few_batches_within_the_window(backend: Backe
     n = 20
 
     async def batches_for(window_s: float, first_seq: int) -> int:
-        async with backend.broker() as (host, port):
-            async with backend.ingest(host, port, batch_window_s=window_s) as ingest:
-                async with aiomqtt.Client(host, port) as device:
-                    for seq in range(first_seq, first_seq + n):
-                        await device.publish(topic, telemetry(seq), qos=1)
-                        await asyncio.sleep(0.01)
-                await wait_until(lambda: ingest.counters.stored >= n, what=f"{n} stored")
-                return ingest.counters.batches
+        async with (
+            backend.broker() as (host, port),
+            backend.ingest(host, port, batch_window_s=window_s) as ingest,
+        ):
+            async with aiomqtt.Client(host, port) as device:
+                for seq in range(first_seq, first_seq + n):
+                    await device.publish(topic, telemetry(seq), qos=1)
+                    await asyncio.sleep(0.01)
+            await wait_until(lambda: ingest.counters.stored >= n, what=f"{n} stored")
+            return ingest.counters.batches
 
     assert asyncio.run(batches_for(1.0, 0)) <= 2
     assert asyncio.run(batches_for(0.0, n)) >= n // 2

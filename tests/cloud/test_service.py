@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from cloud.main import create_app
 from cloud.models import Battery, Cell, Device, Module
+from cloud.mqtt.credentials import issue_device_password
 from cloud.settings import CloudSettings
 from cloud.users import add_user
 
@@ -39,7 +40,8 @@ def _login(client: TestClient, name: str, role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.json()['access']}"}
 
 
-def _seed_device(client: TestClient) -> int:
+def _seed_device(client: TestClient) -> tuple[int, str]:
+    """A device with four cells: its id and its MQTT password."""
     with client.app.state.sessions() as session, session.begin():  # type: ignore[attr-defined]
         battery = Battery(serial_number="S-1", battery_name="pack")
         session.add(battery)
@@ -53,7 +55,7 @@ def _seed_device(client: TestClient) -> int:
         device = Device(name="edge-1", battery_id=battery.id)
         session.add(device)
         session.flush()
-        return device.id
+        return device.id, issue_device_password(session, device)
 
 
 def test_health_and_metrics_with_the_embedded_broker(service: TestClient) -> None:
@@ -65,13 +67,16 @@ def test_health_and_metrics_with_the_embedded_broker(service: TestClient) -> Non
 
 def test_command_round_trip_with_acknowledgement(service: TestClient) -> None:
     admin = _login(service, "admin", "admin")
-    device_id = _seed_device(service)
-    host, port = service.app.state.mqtt  # type: ignore[attr-defined]
+    device_id, mqtt_password = _seed_device(service)
+    endpoint = service.app.state.mqtt  # type: ignore[attr-defined]
+    host, port = endpoint.host, endpoint.port
     received: list[dict[str, Any]] = []
     ready = threading.Event()
 
     async def edge() -> None:
-        async with aiomqtt.Client(host, port, identifier="edge-1") as client:
+        async with aiomqtt.Client(
+            host, port, identifier="edge-1", username="edge-1", password=mqtt_password
+        ) as client:
             await client.subscribe("batterytwin/v1/devices/edge-1/commands", qos=1)
             ready.set()
             async for message in client.messages:
