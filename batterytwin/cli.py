@@ -9,12 +9,14 @@ import typer
 from cloud.cli import app as cloud_app
 from scenarios import cli as scenario_cli
 from twin.cli import app as twin_app
+from virtual_bms.cli import app as bms_app
 
 app = typer.Typer(
     help="batterytwin: digital twins of second-life battery storage.", no_args_is_help=True
 )
 app.add_typer(twin_app, name="twin")
 app.add_typer(cloud_app, name="cloud")
+app.add_typer(bms_app, name="bms")
 app.command()(scenario_cli.simulate)
 app.command()(scenario_cli.sweep)
 

@@ -26,12 +26,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from twin.eis import EisConfig, EisRecord, measure_eis
-from twin.models.base import FloatArray
+from twin.models.base import CellStep, CellTwin, FloatArray
 from twin.pack import Pack, PackStep
 from twin.sensors import Sensors, SensorSpec
 
 __all__ = [
     "Actuation",
+    "CellStringSource",
     "EisCapable",
     "LoadProfile",
     "SensorFrame",
@@ -306,3 +307,98 @@ class TwinSource:
         cells = [g * per_cell for g in wanted]
         records = measure_eis(self.pack.cells, event_id=event_id, config=config, cells=cells)
         return [replace(r, cell_id=r.cell_id // per_cell) for r in records]
+
+
+@dataclass
+class CellStringSource:
+    """One series string of any cell twin (e.g. the PyBaMM twin), one channel per cell.
+
+    For twins that are not packs: the string current follows the load's power at the
+    string voltage, the contactor zeroes it, and each cell's balancing current is added
+    to its own current.
+
+    Args:
+        cells: The twin; its cells are wired in series.
+        load: Power asked for over time (positive discharges).
+        sensors: Measurement chain (default: the typical BMS sensors).
+        ambient_c: Ambient temperature.
+        seed: Seed of the sensor errors.
+    """
+
+    cells: CellTwin
+    load: LoadProfile
+    sensors: Sensors | None = None
+    ambient_c: float = 25.0
+    seed: int = 0
+    last_step: CellStep | None = field(default=None, init=False)
+    _actuation: Actuation = field(default_factory=Actuation, init=False)
+
+    def __post_init__(self) -> None:
+        if self.sensors is None:
+            n = self.cells.n_cells
+            self.sensors = Sensors(
+                SensorSpec(), n_voltage=n, n_current=1, n_temperature=n, seed=self.seed
+            )
+
+    @property
+    def n_groups(self) -> int:
+        return self.cells.n_cells
+
+    @property
+    def n_strings(self) -> int:
+        return 1
+
+    def apply(self, actuation: Actuation) -> None:
+        self._actuation = actuation
+
+    def advance(self, dt_s: float) -> None:
+        act = self._actuation
+        voltage = (
+            float(np.sum(self.last_step.voltage_v)) if self.last_step is not None else math.nan
+        )
+        if not math.isfinite(voltage) or voltage <= 0:
+            self.last_step = self.cells.step(current_a=0.0, dt_s=dt_s, ambient_c=self.ambient_c)
+            return
+        current = self.load(self.cells.time_s) / voltage
+        if current < 0 and act.charge_limit_a is not None:
+            current = max(current, -act.charge_limit_a)
+        if current > 0 and act.discharge_limit_a is not None:
+            current = min(current, act.discharge_limit_a)
+        if not act.contactor_closed:
+            current = 0.0
+        per_cell = np.full(self.n_groups, current)
+        if act.balancing_current_a is not None:
+            per_cell = per_cell + np.asarray(act.balancing_current_a, dtype=float)
+        self.last_step = self.cells.step(current_a=per_cell, dt_s=dt_s, ambient_c=self.ambient_c)
+        self._string_current_a = current
+
+    def read(self) -> SensorFrame:
+        if self.last_step is None:
+            self.advance(1e-3)
+        step = self.last_step
+        assert step is not None and self.sensors is not None
+        reading = self.sensors.read(
+            time_s=step.time_s,
+            voltage_v=step.voltage_v,
+            current_a=getattr(self, "_string_current_a", 0.0),
+            temperature_c=step.surface_temperature_c,
+        )
+        return SensorFrame(
+            time_s=reading.time_s,
+            voltage_v=reading.voltage_v,
+            current_a=reading.current_a,
+            temperature_c=reading.temperature_c,
+        )
+
+    def truth(self) -> SourceTruth:
+        step = self.last_step
+        n = self.n_groups
+        if step is None:
+            nan = np.full(n, np.nan)
+            return SourceTruth(soc=nan, capacity_ah=nan, temperature_c=nan, r0_ohm=nan)
+        return SourceTruth(
+            soc=step.truth.soc,
+            capacity_ah=step.truth.capacity_ah,
+            temperature_c=step.surface_temperature_c,
+            r0_ohm=step.truth.r0_ohm,
+        )
