@@ -37,6 +37,7 @@ from virtual_bms.uplink import BrokerEndpoint, Uplink
 __all__ = ["pillar_load", "run_online", "twin_bms"]
 
 DEFAULT_CAPACITY_AH = {1: 160.0, 2: 100.0}
+DEFAULT_PARAMETERS = {1: "nmc_eis_arc", 2: "nmc_okane2022"}
 """Second-life EV cells: the Pillar 1 hub's 160 Ah cells, 100 Ah for a home pack."""
 
 
@@ -75,7 +76,7 @@ def twin_bms(
     pillar: Literal[1, 2],
     cells: int = 16,
     twin: Literal["ecm", "pybamm"] = "ecm",
-    parameters: str = "nmc_okane2022",
+    parameters: str | None = None,
     capacity_ah: float | None = None,
     soc: float = 0.5,
     seed: int = 0,
@@ -91,7 +92,9 @@ def twin_bms(
         cells: Series cells (one voltage channel each).
         twin: ``ecm`` (a pack with second-life spread) or ``pybamm`` (identical PyBaMM
             cells, PyBaMM's own 5 Ah cell; slower).
-        parameters: Cell parameter set the twin is made of and the BMS believes in.
+        parameters: Cell parameter set the twin is made of and the BMS believes in; default
+            ``nmc_eis_arc`` for Pillar 1 (its phase carries temperature, so SoT works) and
+            ``nmc_okane2022`` for Pillar 2.
         capacity_ah: Cell capacity (ECM twin); default per pillar.
         soc: Initial SoC.
         seed: Seed of the pack's spread, its load and its sensors.
@@ -100,6 +103,7 @@ def twin_bms(
         **config: More :class:`~virtual_bms.config.BmsConfig` fields.
     """
     bms_config = BmsConfig(device=device, pillar=pillar, **config)
+    parameters = parameters or DEFAULT_PARAMETERS[pillar]
     if twin == "pybamm":
         params: EcmParameters = load_parameter_set("nmc_okane2022")
         energy = cells * 5.0 * 3.7

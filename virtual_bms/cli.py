@@ -46,7 +46,10 @@ def run(
     ] = None,
     sample_period: Annotated[float, typer.Option(help="BMS cycle, s.")] = 1.0,
     reporting_interval: Annotated[float, typer.Option(help="Telemetry interval, s.")] = 10.0,
-    parameters: Annotated[str, typer.Option(help="Cell parameter set.")] = "nmc_okane2022",
+    parameters: Annotated[
+        str | None,
+        typer.Option(help="Cell parameter set (default: nmc_eis_arc, pillar 2 nmc_okane2022)."),
+    ] = None,
     outbox: Annotated[
         Path | None, typer.Option(help="Store-and-forward file (default: <device>.outbox.db).")
     ] = None,

@@ -54,6 +54,7 @@ from virtual_bms.estimators.ecm_model import (
     apply_ecm_update,
     ecm_model_from_parameters,
 )
+from virtual_bms.estimators.plating import PlatingConfig
 from virtual_bms.estimators.soc import (
     EkfNoise,
     EkfState,
@@ -64,9 +65,11 @@ from virtual_bms.estimators.soc import (
 )
 from virtual_bms.estimators.sof import SofTable, allowed_charge_current, default_sof_table
 from virtual_bms.estimators.soh import SohConfig, SohState, soh_accumulate, soh_after_charge
+from virtual_bms.estimators.sos import SafetyLimits
 from virtual_bms.messages import eis_message, event_message, telemetry_message, timestamp
 from virtual_bms.modes import Mode, ModeState, ProtectionLimits, next_mode
 from virtual_bms.outbox import Outbox
+from virtual_bms.safety import SafetyMonitor, sot_calibration_for
 from virtual_bms.sources import (
     Actuation,
     EisCapable,
@@ -78,6 +81,8 @@ from virtual_bms.sources import (
 __all__ = ["BmsCounters", "BmsTrace", "VirtualBms"]
 
 _log = logging.getLogger(__name__)
+_BALANCING_STOP_V = 0.028
+_VOLTAGE_MARGIN_V = 0.01  # the current limit aims this far inside the protection limits
 
 
 @dataclass
@@ -153,13 +158,22 @@ class VirtualBms:
             self.parameters.limits, max_current_a=config.max_current_a
         )
         self.sof = sof or default_sof_table()
-        self.balancing_config = balancing or BalancingConfig()
+        # D1.2's 30 mV is the spread to end with; the BMS's view of the spread (voltages
+        # under its own current, model errors) ends about 1-2 mV optimistic after the cells
+        # relax (benches.bms), so it stops a little earlier by default.
+        self.balancing_config = balancing or BalancingConfig(stop_spread_v=_BALANCING_STOP_V)
         self.soh_config = soh or SohConfig(interval_s=config.soh_interval_s)
         self.noise = noise or EkfNoise()
         self.counters = BmsCounters()
         self.trace = BmsTrace() if trace else None
         self.reporting_interval_s = config.reporting_interval_s
 
+        self.safety = SafetyMonitor(
+            self.n,
+            limits=SafetyLimits.from_parameters(self.parameters),
+            calibration=sot_calibration_for(self.parameters) if config.pillar == 1 else None,
+            plating=PlatingConfig(min_rest_s=config.plating_rest_s) if config.pillar == 2 else None,
+        )
         self.mode = ModeState()
         self.soh_state = SohState.initial(
             nominal_capacity_ah=self.parameters.nominal_capacity_ah,
@@ -248,8 +262,12 @@ class VirtualBms:
         before = self.mode
         self.mode, _ = next_mode(before, frame, self.limits)
         self._report_mode_change(before, frame)
+        charge_ended = self._charge_ended(before)
         if not first and dt_s > 0:
-            self._accumulate(frame, current, dt_s, charging_ended=self._charge_ended(before))
+            self._accumulate(frame, current, dt_s, charging_ended=charge_ended)
+        self.safety.observe(frame.time_s, frame.temperature_c)
+        if cfg.pillar == 2:
+            self._watch_rest(frame, charge_ended=charge_ended)
         charge_limit, discharge_limit = self._current_limits(frame)
         balancing = self._balance(frame, dt_s) if cfg.pillar == 2 else None
         if cfg.pillar == 1:
@@ -318,8 +336,35 @@ class VirtualBms:
             charge = 0.0
         if np.nanmin(self.soc) <= low:
             discharge = 0.0
+        by_voltage = self._voltage_limits(frame)
+        charge = by_voltage[0] if charge is None else min(charge, by_voltage[0])
+        discharge = by_voltage[1] if discharge is None else min(discharge, by_voltage[1])
         self.charge_limit_a = charge
         return charge, discharge
+
+    def _voltage_limits(self, frame: SensorFrame) -> tuple[float, float]:
+        """Most pack current that keeps every group off its voltage limits (the CV phase).
+
+        From the BMS's model: a group at ``v`` carrying ``i`` (positive = discharge) reaches
+        ``v_max`` at a charge current ``(v_max - v) / R - i``, with ``R`` the resistance a
+        current step shows within one cycle; re-evaluated every cycle, this tapers the
+        current as the slower RC voltages build up, as a constant-voltage phase does.
+        """
+        model = self.model
+        assert model is not None
+        margin_v = _VOLTAGE_MARGIN_V
+        # R0 plus the RC pairs that settle within a cycle: what a current step shows at once
+        fast = model.tau_s < self.config.sample_period_s
+        r = np.maximum(model.r0_ohm + np.sum(model.rc_resistance_ohm * fast, axis=0), 1e-6)
+        i = frame.group_current_a  # signed: the drop of the present current comes off first
+        v = frame.voltage_v
+        charge = (self.limits.max_voltage_v - margin_v - v) / r - i
+        discharge = (v - self.limits.min_voltage_v - margin_v) / r + i
+        strings = self.source.n_strings
+        return (
+            max(float(np.min(charge)), 0.0) * strings,
+            max(float(np.min(discharge)), 0.0) * strings,
+        )
 
     def _balance(self, frame: SensorFrame, dt_s: float) -> FloatArray:
         due = frame.time_s >= self._next_balancing_s
@@ -327,9 +372,20 @@ class VirtualBms:
         if due and self.config.balancing_interval_s:
             self._next_balancing_s = frame.time_s + self.config.balancing_interval_s
         was_active = self.balancing.active
+        # Judge the spread on voltages without the balancing current's own drop (R0 and
+        # the settled RC pairs, as balancing runs for hours) and on the OCV of the SoC
+        # estimate: measured under its own current, balancing would stop at 30 mV and the
+        # cells would relax apart again.
+        model = self.model
+        assert model is not None
+        r_settled = model.r0_ohm + np.sum(model.rc_resistance_ohm, axis=0)
+        compensated = frame.voltage_v + self._balancing_a * r_settled
+        from_soc = model.ocv_v(self.soc)  # the OCV the SoC estimate implies
+        # the more pessimistic of the two views decides when the spread is small enough
+        judged = compensated if np.ptp(compensated) >= np.ptp(from_soc) else from_soc
         self.balancing, currents = balancing_step(
             self.balancing,
-            voltage_v=frame.voltage_v,
+            voltage_v=judged,
             request=request and self.mode.mode is not Mode.fault,
             dt_s=max(dt_s, 0.0),
             config=self.balancing_config,
@@ -370,6 +426,12 @@ class VirtualBms:
         event_id = f"{self.config.device}-{self.counters.eis_sweeps}"
         records = self.source.measure_eis(event_id=event_id, groups=groups, config=config)
         self.counters.eis_sweeps += 1
+        view = self.safety.take_sweep(
+            records, params=self.parameters, soc=self.soc, temperature_c=frame.temperature_c
+        )
+        if view is not None:
+            self.sot_c, self.phase_deg = view.sot_c, view.phase_deg
+            self._update_sos(frame)
         if self.outbox is not None and records:
             ts = timestamp(frame.time_s)
             self.outbox.put_sequenced(
@@ -379,10 +441,48 @@ class VirtualBms:
         return len(records)
 
     # ------------------------------------------------------------------ uplink
+    def _watch_rest(self, frame: SensorFrame, *, charge_ended: bool) -> None:
+        """Pillar 2's plating check: the rest after a charge, once it is long enough."""
+        if charge_ended:
+            self.safety.charge_ended(frame.time_s)
+        if self.mode.mode is not Mode.resting:
+            self.safety.rest_interrupted()
+            return
+        result = self.safety.rest_sample(frame.time_s, frame.voltage_v)
+        if result is not None and result.evaluated and bool(np.any(result.detected)):
+            cells = [int(i) for i in np.flatnonzero(result.detected)]
+            self._event(
+                frame,
+                "lithium_plating",
+                "alarm",
+                f"dV/dt relaxation signature after the charge (score up to "
+                f"{float(np.max(result.score)):.3f}); SoS capped",
+                cells,
+            )
+
+    def _update_sos(self, frame: SensorFrame) -> None:
+        result, new_runaway = self.safety.evaluate(
+            voltage_v=frame.voltage_v,
+            current_a=frame.group_current_a,
+            temperature_c=frame.temperature_c,
+        )
+        self.sos = result.sos
+        if np.any(new_runaway):
+            self._event(
+                frame,
+                "thermal_runaway_warning",
+                "alarm",
+                "heating, internal temperature and impedance point to thermal runaway",
+                [int(i) for i in np.flatnonzero(new_runaway)],
+            )
+
     def _maybe_report(self, frame: SensorFrame) -> None:
-        if self.outbox is None or frame.time_s < self._next_report_s:
+        if frame.time_s < self._next_report_s:
             return
         self._next_report_s = frame.time_s + self.reporting_interval_s
+        self._update_sos(frame)
+        if self.outbox is None:
+            return
         group_current = frame.group_current_a
         if self.config.pillar == 1:
             quantities = {

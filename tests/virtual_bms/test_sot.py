@@ -18,7 +18,7 @@ import pytest
 from twin.eis import EisConfig, EisRecord, log_frequencies, measure_eis
 from twin.models.base import FloatArray
 from twin.models.ecm import CellInit, EcmOptions, EcmTwin
-from twin.models.ecm_params import EcmParameters, Limits
+from twin.models.ecm_params import EcmParameters
 from twin.params import load_parameter_set
 from virtual_bms.estimators.sot import (
     PhaseTable,
@@ -31,52 +31,13 @@ from virtual_bms.estimators.sot import (
     temperature_from_phase,
 )
 
-GAS_J_PER_MOL_K = 8.314
 SWEEP_HZ = log_frequencies(0.1, 5000.0, points_per_decade=10)  # the twin's default EIS sweep
 CAL_TEMPERATURE_C = np.arange(-5.0, 56.0, 5.0)
 CAL_SOC = np.linspace(0.1, 0.95, 18)
 
 
-def _arrhenius(temperature_c: FloatArray, activation_j_per_mol: float) -> FloatArray:
-    """Factor on a 25 degC value."""
-    inv = 1.0 / (temperature_c + 273.15) - 1.0 / 298.15
-    return np.asarray(np.exp(activation_j_per_mol / GAS_J_PER_MOL_K * inv))
-
-
 def eis_cell_parameters() -> EcmParameters:
-    """A 5 Ah NMC cell with a temperature-activated charge-transfer arc (module docstring)."""
-    soc = np.linspace(0.0, 1.0, 11)
-    temps = np.arange(-20.0, 61.0, 5.0)
-    t, s = np.meshgrid(temps, soc, indexing="ij")
-    r0 = 0.005 * _arrhenius(t, 12e3) * np.ones_like(s)
-    r_ct = 0.015 * _arrhenius(t, 55e3) * (1.0 + 0.5 * np.exp(-s / 0.08))
-    tau_ct_s = 0.01  # at 25 degC: the arc's apex near 16 Hz
-    pairs = [
-        (weight * r_ct, np.full_like(t, tau_ct_s * spread / (weight * 0.015)))
-        for weight, spread in ((0.25, 0.1), (0.5, 1.0), (0.25, 10.0))
-    ]
-    pairs.append(
-        (0.010 * _arrhenius(t, 30e3) * (1.0 + 0.5 * np.exp(-s / 0.1)), np.full_like(t, 5e3))
-    )
-
-    def both_directions(table: FloatArray) -> FloatArray:
-        return np.stack([table, table])
-
-    return EcmParameters(
-        name="eis_nmc_test",
-        source="tests/virtual_bms/test_sot.py",
-        chemistry="nmc",
-        nominal_capacity_ah=5.0,
-        soc_grid=soc,
-        ocv_v=3.4 + 0.8 * soc,
-        entropic_v_per_k=np.zeros(soc.size),
-        temperature_grid_c=temps,
-        r0_ohm=both_directions(r0),
-        rc_resistance_ohm=np.stack([both_directions(r) for r, _ in pairs]),
-        rc_capacitance_f=np.stack([both_directions(c) for _, c in pairs]),
-        limits=Limits(min_voltage_v=2.5, max_voltage_v=4.2),
-        inductance_h=2e-8,
-    )
+    return load_parameter_set("nmc_eis_arc")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ DEFAULT_SET = "ecm_example"
 
 def available_parameter_sets() -> list[str]:
     """Names accepted by :func:`load_parameter_set`."""
-    return sorted({"ecm_example", *(p.stem for p in DATA_DIR.glob("*.json"))})
+    return sorted({"ecm_example", "nmc_eis_arc", *(p.stem for p in DATA_DIR.glob("*.json"))})
 
 
 def load_parameter_set(name: str) -> EcmParameters:
@@ -28,6 +28,10 @@ def load_parameter_set(name: str) -> EcmParameters:
         from twin.params.ecm_example import ecm_example
 
         return ecm_example()
+    if name == "nmc_eis_arc":
+        from twin.params.eis_arc import nmc_eis_arc
+
+        return nmc_eis_arc()
     path = DATA_DIR / f"{name}.json"
     if path.is_file():
         return EcmParameters.from_json(path)
