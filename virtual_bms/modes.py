@@ -79,12 +79,22 @@ class ProtectionLimits:
 
     @classmethod
     def for_cells(
-        cls, limits: Limits, *, max_current_a: float = float("inf"), **overrides: float
+        cls,
+        limits: Limits,
+        *,
+        max_current_a: float = float("inf"),
+        voltage_margin_v: float = 0.03,
+        **overrides: float,
     ) -> ProtectionLimits:
-        """The limits of a cell parameter set (``EcmParameters.limits``), for the BMS."""
+        """Protection for a cell parameter set's operating window (``EcmParameters.limits``).
+
+        The voltage trips sit ``voltage_margin_v`` outside the operating window, as a BMS's
+        over-voltage protection sits above the charge voltage (4.2 V cells commonly trip at
+        4.23-4.3 V): a charger holding 4.2 V with 1 mV of sensor noise must not fault.
+        """
         values: dict[str, float] = {
-            "min_voltage_v": limits.min_voltage_v,
-            "max_voltage_v": limits.max_voltage_v,
+            "min_voltage_v": limits.min_voltage_v - voltage_margin_v,
+            "max_voltage_v": limits.max_voltage_v + voltage_margin_v,
             "min_temperature_c": limits.min_temperature_c,
             "max_temperature_c": limits.max_temperature_c,
             "max_discharge_current_a": max_current_a,

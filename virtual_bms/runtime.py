@@ -82,7 +82,7 @@ __all__ = ["BmsCounters", "BmsTrace", "VirtualBms"]
 
 _log = logging.getLogger(__name__)
 _BALANCING_STOP_V = 0.028
-_VOLTAGE_MARGIN_V = 0.01  # the current limit aims this far inside the protection limits
+_VOLTAGE_MARGIN_V = 0.01  # the current limits aim this far inside the operating window
 
 
 @dataclass
@@ -358,8 +358,9 @@ class VirtualBms:
         r = np.maximum(model.r0_ohm + np.sum(model.rc_resistance_ohm * fast, axis=0), 1e-6)
         i = frame.group_current_a  # signed: the drop of the present current comes off first
         v = frame.voltage_v
-        charge = (self.limits.max_voltage_v - margin_v - v) / r - i
-        discharge = (v - self.limits.min_voltage_v - margin_v) / r + i
+        window = self.parameters.limits  # the operating window, inside the protection trips
+        charge = (window.max_voltage_v - margin_v - v) / r - i
+        discharge = (v - window.min_voltage_v - margin_v) / r + i
         strings = self.source.n_strings
         return (
             max(float(np.min(charge)), 0.0) * strings,
