@@ -168,12 +168,16 @@ def render_mosquitto_conf(
     cafile: Path | None = None,
     certfile: Path | None = None,
     keyfile: Path | None = None,
+    persistence_dir: Path | None = None,
 ) -> str:
     """A minimal ``mosquitto.conf`` for the cloud: authenticated, ACL, sized for the ingest.
 
     ``max_inflight_messages`` and ``max_queued_messages`` are raised because the ingest
     acknowledges a message only after storing it and expects the broker to keep what
-    arrives while it restarts.
+    arrives while it restarts. With ``persistence_dir`` the broker saves its sessions
+    (subscriptions and queued messages) there and restores them when it restarts, so a
+    broker restart loses neither the ingest's subscriptions nor what devices sent meanwhile;
+    without it (tests) they live in memory only.
 
     Given ``certfile`` and ``keyfile`` (the broker's certificate and key, PEM), a second
     listener on ``tls_port`` at ``bind`` serves MQTT over TLS with the same users and ACL.
@@ -197,7 +201,11 @@ def render_mosquitto_conf(
         "max_inflight_messages 1000\n"
         "max_queued_messages 100000\n"
         "message_size_limit 1048576\n"
-        "persistence false\n"
+        + (
+            f"persistence true\npersistence_location {persistence_dir}/\nautosave_interval 30\n"
+            if persistence_dir is not None
+            else "persistence false\n"
+        )
     )
     if certfile is None:
         return conf

@@ -164,6 +164,7 @@ def write_broker_files(
         topics=topics,
     )
     files = write_mosquitto_files(directory, password_hashes=accounts.passwords, acl=accounts.acl)
+    (directory / "persistence").mkdir(exist_ok=True)
     conf = directory / "mosquitto.conf"
     conf.write_text(
         render_mosquitto_conf(
@@ -171,6 +172,7 @@ def write_broker_files(
             acl_file=files.acl_file,
             port=port,
             bind=bind,
+            persistence_dir=directory / "persistence",
             **(tls.conf_options() if tls else {}),
         )
     )
