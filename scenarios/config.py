@@ -223,7 +223,15 @@ class PackConfig(_Model):
 
 
 class BmsConfig(_Model):
-    """Limits the battery management system enforces."""
+    """Limits the battery management system enforces, and an optional virtual BMS.
+
+    The limits always apply (the engine's controller enforces them on the pack's true
+    state). With ``enabled = true`` a :class:`virtual_bms.runtime.VirtualBms` is attached
+    as well: it estimates SoC and SoH from noisy sensors every ``sample_period_s``, and
+    its SoF charge-current table, SoC window, voltage derating, contactor and balancing
+    act on the pack. That run steps the pack in Python, cycle by cycle: use it for days
+    or weeks, not years.
+    """
 
     soc_min: float = Field(
         default=0.1, ge=0.0, le=1.0, description="Lowest SoC the BMS discharges to"
@@ -245,6 +253,22 @@ class BmsConfig(_Model):
     )
     max_temperature_c: float = Field(
         default=55.0, ge=20.0, le=80.0, description="Contactor opens above this cell temperature"
+    )
+    enabled: bool = Field(
+        default=False,
+        description="Attach a virtual BMS (estimates, SoF, balancing); slow: days or weeks",
+    )
+    sample_period_s: int = Field(
+        default=10, ge=1, le=60, description="BMS cycle when enabled; must divide simulation.dt_s"
+    )
+    reporting_interval_s: float = Field(
+        default=900.0,
+        gt=0.0,
+        le=86_400.0,
+        description="Time between the BMS's telemetry reports (and safety evaluations)",
+    )
+    record: bool = Field(
+        default=False, description="Add the BMS's estimates and limits to hourly.parquet"
     )
 
     @model_validator(mode="after")
@@ -476,6 +500,18 @@ class _ScenarioBase(_Model):
     replacements: list[ReplacementEvent] = Field(
         default_factory=list, description="Cell or module swaps during the run"
     )
+
+    @model_validator(mode="after")
+    def _bms_cycle_fits(self) -> Self:
+        dt_s, period = self.simulation.dt_s, self.bms.sample_period_s
+        if self.bms.enabled and dt_s % period:
+            divisors = [d for d in range(1, min(dt_s, 60) + 1) if dt_s % d == 0]
+            raise _FieldProblem(
+                "bms.sample_period_s",
+                f"must divide simulation.dt_s ({dt_s} s) when bms.enabled: one of "
+                f"{', '.join(map(str, divisors))}; got {period}",
+            )
+        return self
 
     @model_validator(mode="after")
     def _replacements_fit(self) -> Self:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +38,15 @@ import numpy as np
 import simpy
 
 from scenarios.config import Pillar1Scenario, Pillar2Scenario, Scenario
-from scenarios.storage import make_storage
+from scenarios.storage import BMS_COLUMNS, BmsStorage, make_storage
 from twin.models.base import FloatArray
 from twin.pack_kernel import OUTPUT_COLUMNS, ControlLimits
 
-__all__ = ["HOURLY_COLUMNS", "RunResult", "simulate"]
+__all__ = ["BMS_HOURLY_COLUMNS", "HOURLY_COLUMNS", "RunResult", "simulate"]
 
 _DAY_S = 86_400
+_BMS_SLOW_DAYS = 60.0  # a BMS-attached run steps in Python: beyond this it takes hours
+_B = {name: i for i, name in enumerate(BMS_COLUMNS)}
 _C = {name: i for i, name in enumerate(OUTPUT_COLUMNS)}
 HOURLY_COLUMNS = (
     "time_h",
@@ -71,6 +74,17 @@ HOURLY_COLUMNS = (
     "ambient_c",
 )
 """One row per hour (energies per hour; extremes over the hour)."""
+BMS_HOURLY_COLUMNS = (
+    "bms_soc_mean",
+    "bms_soc_rmse_pct",
+    "bms_charge_limit_min_a",
+    "bms_discharge_limit_min_a",
+    "bms_soh_mean",
+    "bms_limited_h",
+)
+"""Added to the hourly rows with ``[bms] enabled = true`` and ``record = true``: mean SoC
+estimate, RMS SoC error against the truth (points), smallest charge and discharge current
+limits (A; inf = none), SoH estimate at the hour's end, time the BMS cut the request."""
 
 
 @dataclass
@@ -128,7 +142,15 @@ class _Run:
         pack_cfg = scenario.pack
         self.params = pack_cfg.load_parameters()
         self.model = model
-        self.storage = make_storage(model, pack_cfg, self.params, seed=seed)
+        self.storage = make_storage(
+            model,
+            pack_cfg,
+            self.params,
+            seed=seed,
+            bms=scenario.bms,
+            pillar=1 if isinstance(scenario, Pillar1Scenario) else 2,
+        )
+        self.record_bms = scenario.bms.enabled and scenario.bms.record
         self.capacity0_ah = float(self.storage.capacity_ah().sum())
         self.nominal_ah = self.params.nominal_capacity_ah * pack_cfg.n_cells
         self.energy0_wh = self.storage.stored_energy_wh()
@@ -322,6 +344,8 @@ class _Run:
                 outside[sl].sum() * h,
                 ex["ambient_c"][sl].mean(),
             ]
+            if self.record_bms:
+                row.extend(self._bms_hour(sl))
             self.hourly.append([float(x) for x in row])
         # The same hour without storage, booked per step: grid = net demand.
         self.acc.add("import_without_kwh", float(np.clip(net, 0, None).sum() * h / 1000))
@@ -343,6 +367,19 @@ class _Run:
                     rec["net_w"].append(float(net[k]))
                     for name, col in _C.items():
                         rec[name].append(float(out[k, col]))
+
+    def _bms_hour(self, sl: slice) -> list[float]:
+        """The hour's :data:`BMS_HOURLY_COLUMNS` from the storage's per-step record."""
+        assert isinstance(self.storage, BmsStorage)
+        est = self.storage.estimates[sl]
+        return [
+            float(est[:, _B["bms_soc_mean"]].mean()),
+            float(np.sqrt(est[:, _B["bms_soc_sq_error"]].mean()) * 100.0),
+            float(est[:, _B["bms_charge_limit_a"]].min()),
+            float(est[:, _B["bms_discharge_limit_a"]].min()),
+            float(est[-1, _B["bms_soh_mean"]]),
+            float(est[:, _B["bms_limited"]].sum() * self.dt_s / 3600.0),
+        ]
 
     def close_day(self) -> None:
         rows = np.asarray(self.hourly[-24:])
@@ -520,6 +557,14 @@ def simulate(
             raise ValueError(f"checkpoint {checkpoint_path} belongs to another scenario or seed")
     if run is None:
         run = _Run(scenario, seed=seed, model=model)
+    days = scenario.simulation.duration_days
+    if scenario.bms.enabled and days > _BMS_SLOW_DAYS:
+        warnings.warn(
+            f"bms.enabled steps the pack and its BMS in Python (about a second per simulated "
+            f"hour for the home pack): {days:g} days will take long; the BMS is meant for "
+            f"runs of days or weeks (<= {_BMS_SLOW_DAYS:g} days)",
+            stacklevel=2,
+        )
     start_s = run.done_steps * run.dt_s
     if realtime_factor:
         env: simpy.Environment = simpy.rt.RealtimeEnvironment(
@@ -577,7 +622,8 @@ def _hold(
 
 def _result(run: _Run) -> RunResult:
     hourly_arr = np.asarray(run.hourly)
-    hourly = {name: hourly_arr[:, i] for i, name in enumerate(HOURLY_COLUMNS)}
+    columns = (*HOURLY_COLUMNS, *BMS_HOURLY_COLUMNS) if run.record_bms else HOURLY_COLUMNS
+    hourly = {name: hourly_arr[:, i] for i, name in enumerate(columns)}
     daily_arr = np.asarray(run.daily)
     daily = {name: daily_arr[:, i] for i, name in enumerate(DAILY_COLUMNS)}
     full = {d: {k: np.asarray(v) for k, v in rec.items()} for d, rec in run.full_resolution.items()}
@@ -629,6 +675,8 @@ def _summary(
             [float(d), float(s)] for d, s in zip(daily["day"], daily["soh_pack"], strict=True)
         ][:: max(1, len(daily["day"]) // 400)],
     }
+    if isinstance(run.storage, BmsStorage):
+        summary.update(run.storage.kpis())
     tariff = sc.tariff
     if isinstance(sc, Pillar2Scenario):
         net_kwh_import_without = (
