@@ -270,6 +270,11 @@ class BmsConfig(_Model):
     record: bool = Field(
         default=False, description="Add the BMS's estimates and limits to hourly.parquet"
     )
+    sof_table: str | None = Field(
+        default=None,
+        description="SoF table file (JSON/TOML, see virtual_bms.estimators.sof.load_sof_table);"
+        " default: the built-in second-life NMC table",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> Self:

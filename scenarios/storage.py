@@ -165,6 +165,7 @@ class BmsStorage(EcmStorage):
         pillar: Literal[1, 2],
     ) -> None:
         from virtual_bms.config import BmsConfig as VirtualBmsConfig
+        from virtual_bms.estimators.sof import load_sof_table
         from virtual_bms.runtime import VirtualBms
         from virtual_bms.sources import TwinSource
 
@@ -190,6 +191,7 @@ class BmsStorage(EcmStorage):
             source=self.source,
             parameters=params,
             cells_per_group=pack_cfg.cells_per_group,
+            sof=load_sof_table(bms.sof_table) if bms.sof_table else None,
         )
         # A first cycle before the pack moves, so the BMS's limits hold from the first step
         # (TwinSource.read gives the pack a 1 ms rest step to have voltages to read).

@@ -54,7 +54,7 @@ def test_home_day_with_bms_reports_its_estimates_and_closes_the_books() -> None:
     assert np.nanmax(result.hourly["bms_soc_rmse_pct"]) <= 2.0
 
 
-def test_cold_site_bms_sof_table_stops_the_charging_pv_asks_for() -> None:
+def test_cold_site_bms_sof_table_stops_the_charging_pv_asks_for(tmp_path: Path) -> None:
     # A battery room at -10 degC; the engine's own cold limit is moved out of the way, so
     # only the BMS's SoF table (no charging at or below 0 degC) can stop the charging.
     cold = short(
@@ -84,6 +84,14 @@ def test_cold_site_bms_sof_table_stops_the_charging_pv_asks_for() -> None:
     assert np.all(-steps["pack_current_a"] <= allowed_a + 1e-9)
     assert np.all(steps["pack_current_a"] >= 0.0)
     assert result.summary["energy_balance_error_pct"] < 0.1
+    # A configured table that allows 0.1C whatever the temperature lets the same pack charge.
+    table_file = tmp_path / "sof.toml"
+    table_file.write_text(
+        'unit = "C"\ntemperature_grid_c = [-40.0, 60.0]\nsoc_grid = [0.0, 1.0]\n'
+        "max_charge = [[0.1, 0.1], [0.1, 0.1]]\n"
+    )
+    permissive = with_overrides(cold, {"bms.enabled": True, "bms.sof_table": str(table_file)})
+    assert simulate(permissive).summary["battery_charge_kwh"] > 0.05
 
 
 def test_disabled_bms_leaves_the_run_unchanged() -> None:

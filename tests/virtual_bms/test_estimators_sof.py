@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,6 +17,7 @@ from virtual_bms.estimators.sof import (
     allowed_charge_current,
     clip_charge_current,
     default_sof_table,
+    load_sof_table,
 )
 
 
@@ -141,3 +145,24 @@ def test_cold_twin_pack_charges_only_at_the_sof_limit() -> None:
     assert -out.current_a < 0.25 * -requested_a
     # The parallel split lets no cell take much more than its own limit.
     assert np.all(-out.cells.current_a <= 1.2 * limit.cell_a)
+
+
+def test_a_table_loads_from_toml_or_json_and_bad_files_name_themselves(tmp_path: Path) -> None:
+    toml = tmp_path / "sof.toml"
+    toml.write_text(
+        'unit = "A"\ntemperature_grid_c = [0.0, 25.0]\nsoc_grid = [0.0, 1.0]\n'
+        "max_charge = [[0.0, 0.0], [40.0, 10.0]]\n"
+    )
+    table = load_sof_table(toml)
+    limit = table.max_charge_current_a(temperature_c=25.0, soc=0.5, capacity_ah=100.0)
+    assert float(limit) == pytest.approx(25.0)
+    as_json = tmp_path / "sof.json"
+    as_json.write_text(json.dumps({"temperature_grid_c": [0, 25], "soc_grid": [0, 1]}))
+    with pytest.raises(SofTableError, match=r"sof\.json: missing \['max_charge'\]"):
+        load_sof_table(as_json)
+    with pytest.raises(SofTableError, match="cannot read SoF table"):
+        load_sof_table(tmp_path / "absent.json")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml.read_text().replace("[40.0, 10.0]", "[40.0, -1.0]"))
+    with pytest.raises(SofTableError, match=">= 0"):
+        load_sof_table(bad)

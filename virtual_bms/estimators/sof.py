@@ -13,8 +13,11 @@ the limits here are magnitudes (>= 0) and :func:`clip_charge_current` applies th
 
 from __future__ import annotations
 
+import json
+import tomllib
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -29,6 +32,7 @@ __all__ = [
     "allowed_charge_current",
     "clip_charge_current",
     "default_sof_table",
+    "load_sof_table",
 ]
 
 
@@ -132,6 +136,47 @@ class SofTable:
         if self.unit == "C":
             value = value * q
         return np.asarray(np.where(known & np.isfinite(value), value, 0.0))
+
+
+def load_sof_table(path: str | Path) -> SofTable:
+    """A SoF table from a JSON or TOML file with the keys of :class:`SofTable`.
+
+    Example (TOML)::
+
+        unit = "C"
+        temperature_grid_c = [0.0, 10.0, 25.0, 45.0]
+        soc_grid = [0.0, 0.8, 1.0]
+        max_charge = [[0.0, 0.0, 0.0], [0.2, 0.1, 0.02], [0.5, 0.3, 0.05], [0.3, 0.2, 0.02]]
+
+    Raises:
+        SofTableError: If the file cannot be read, lacks a key, has an unknown key, or the
+            table is invalid; the message names the file.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text()
+        data: Any = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as error:
+        raise SofTableError(f"cannot read SoF table {file}: {error}") from None
+    if not isinstance(data, dict):
+        raise SofTableError(f"SoF table {file} must be an object of SofTable's keys")
+    known = {"temperature_grid_c", "soc_grid", "max_charge", "unit", "source"}
+    missing = sorted({"temperature_grid_c", "soc_grid", "max_charge"} - set(data))
+    unknown = sorted(set(data) - known)
+    if missing or unknown:
+        raise SofTableError(
+            f"SoF table {file}: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}"
+        )
+    try:
+        return SofTable(
+            temperature_grid_c=np.asarray(data["temperature_grid_c"], dtype=np.float64),
+            soc_grid=np.asarray(data["soc_grid"], dtype=np.float64),
+            max_charge=np.asarray(data["max_charge"], dtype=np.float64),
+            unit=data.get("unit", "C"),
+            source=str(data.get("source", file)),
+        )
+    except (TypeError, ValueError) as error:
+        raise SofTableError(f"SoF table {file}: {error}") from None
 
 
 def default_sof_table() -> SofTable:
