@@ -22,6 +22,7 @@ from twin.models.ecm_params import EcmParameters
 from twin.pack import Pack, PackTopology, SecondLifeSpread
 from twin.params import load_parameter_set
 from virtual_bms.config import BmsConfig
+from virtual_bms.http_fallback import HttpFallback
 from virtual_bms.outbox import Outbox
 from virtual_bms.runtime import VirtualBms
 from virtual_bms.sources import (
@@ -140,11 +141,14 @@ async def run_online(
     speed: float | None = None,
     topics: Topics | None = None,
     drain_timeout_s: float = 30.0,
+    fallback: HttpFallback | None = None,
+    fallback_after_s: float = 30.0,
 ) -> dict[str, Any]:
     """Run ``bms`` with its uplink for ``duration_s`` of twin time; a summary after.
 
     The uplink gets ``drain_timeout_s`` at the end to send what is still queued (what it
-    cannot send stays in the outbox for the next run).
+    cannot send stays in the outbox for the next run). With ``fallback``, the outbox goes
+    over HTTPS while MQTT has been down for ``fallback_after_s``; the caller closes it.
     """
     if bms.outbox is None:
         raise ValueError("an online BMS needs an outbox (its store-and-forward buffer)")
@@ -154,6 +158,8 @@ async def run_online(
         endpoint=endpoint,
         on_command=bms.handle_command,
         topics=topics,
+        fallback=fallback,
+        fallback_after_s=fallback_after_s,
     )
     link_task = asyncio.create_task(link.run())
     pump = asyncio.create_task(_wake_on_new(bms, link))
@@ -174,6 +180,7 @@ async def run_online(
         "events": bms.counters.events,
         "commands": link.counters.commands,
         "published": link.counters.published,
+        "posted_https": link.counters.http_posted,
         "left_in_outbox": len(bms.outbox),
         "dropped": bms.outbox.dropped,
     }

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from batterytwin.console import clear_errors
+
+if TYPE_CHECKING:
+    from virtual_bms.runtime import VirtualBms
+    from virtual_bms.uplink import BrokerEndpoint
 
 app = typer.Typer(help="Virtual edge BMSs and the CAN gateway.", no_args_is_help=True)
 
@@ -37,9 +41,25 @@ def run(
     twin: Annotated[str, typer.Option(help="ecm or pybamm.")] = "ecm",
     broker: Annotated[
         str | None,
-        typer.Option(help="mqtt://[user:password@]host[:port] or mqtts://...; none: offline."),
+        typer.Option(help="mqtt://user:password@host:port or mqtts://...; none: offline."),
     ] = None,
-    ca_file: Annotated[Path | None, typer.Option(help="CA of an mqtts:// broker.")] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA of an mqtts:// broker (and of an https:// --api).")
+    ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            help="Cloud API URL (https://host[:port]) for the HTTPS bulk-POST fallback: the "
+            "outbox goes there while MQTT has been down for 30 s. Needs --broker."
+        ),
+    ] = None,
+    api_user: Annotated[
+        str | None, typer.Option(help="API user of the device (role device) for --api.")
+    ] = None,
+    api_password: Annotated[
+        str | None,
+        typer.Option(envvar="BATTERYTWIN_BMS_API_PASSWORD", help="Password of --api-user."),
+    ] = None,
     duration: Annotated[str, typer.Option(help="Twin time to run: 90s, 15min, 2h, 1d.")] = "1h",
     speed: Annotated[
         float | None, typer.Option(help="Twin seconds per wall second (default: flat out).")
@@ -56,7 +76,7 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed of the pack, load and sensors.")] = 0,
 ) -> None:
     """Run one virtual BMS on a second-life twin pack, online with the cloud."""
-    from virtual_bms.assembly import run_online, twin_bms
+    from virtual_bms.assembly import twin_bms
     from virtual_bms.outbox import Outbox
     from virtual_bms.uplink import BrokerEndpoint
 
@@ -69,6 +89,11 @@ def run(
             if broker and broker != "none"
             else None
         )
+        if api is not None and (endpoint is None or not api_user or not api_password):
+            raise ValueError(
+                "--api is the fallback of the MQTT uplink: give --broker, --api-user and "
+                "--api-password (or BATTERYTWIN_BMS_API_PASSWORD) too"
+            )
         box = Outbox(outbox or Path(f"{device_id}.outbox.db")) if endpoint else None
         bms = twin_bms(
             device=device_id,
@@ -91,18 +116,48 @@ def run(
                 "soc_rmse_pct": bms.trace.soc_rmse_pct() if bms.trace else float("nan"),
             }
         else:
+            api_login = (api, api_user or "", api_password or "") if api else None
             summary = asyncio.run(
-                run_online(bms, endpoint=endpoint, duration_s=duration_s, speed=speed)
+                _run_online(
+                    bms,
+                    endpoint=endpoint,
+                    duration_s=duration_s,
+                    speed=speed,
+                    api=api_login,
+                    ca_file=ca_file,
+                )
             )
     for key, value in summary.items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         typer.echo(f"{key:>16}: {shown}")
 
 
+async def _run_online(
+    bms: VirtualBms,
+    *,
+    endpoint: BrokerEndpoint,
+    duration_s: float,
+    speed: float | None,
+    api: tuple[str, str, str] | None,
+    ca_file: Path | None,
+) -> dict[str, Any]:
+    """``run_online``, with the HTTPS fallback made (and closed) in the event loop."""
+    from virtual_bms.assembly import run_online
+    from virtual_bms.http_fallback import HttpFallback
+
+    if api is None:
+        return await run_online(bms, endpoint=endpoint, duration_s=duration_s, speed=speed)
+    url, user, password = api
+    async with HttpFallback(url, user, password, ca_file=ca_file) as fallback:
+        return await run_online(
+            bms, endpoint=endpoint, duration_s=duration_s, speed=speed, fallback=fallback
+        )
+
+
 @app.command()
 def gateway(
     device_id: Annotated[str, typer.Option(help="Device name of the BMS behind the gateway.")],
-    broker: Annotated[str, typer.Option(help="mqtt://[user:password@]host[:port] or mqtts://.")],
+    broker: Annotated[str, typer.Option(help="mqtt://user:password@host:port or mqtts://...")],
     interface: Annotated[str, typer.Option(help="python-can interface.")] = "socketcan",
     channel: Annotated[str, typer.Option(help="CAN channel, e.g. can0.")] = "can0",
     bitrate: Annotated[int, typer.Option(help="Bit rate, bit/s.")] = 500_000,

@@ -8,6 +8,12 @@ order, QoS 1, a window at a time, and are removed only once the broker has ackno
 them; when the connection drops the link reconnects with back-off and sends again from
 the oldest unacknowledged message (the cloud stores a redelivered seq once).
 
+With an :class:`~virtual_bms.http_fallback.HttpFallback` (D2.3's second path), once MQTT
+has been down for ``fallback_after_s`` the head of the outbox goes to the cloud as HTTPS
+bulk POSTs instead, in order, and only what the cloud took leaves the outbox; MQTT is
+retried meanwhile and takes over again when it is back (the seqs make any overlap
+harmless). Presence (status) is never posted: it is MQTT's, through the last will.
+
 Example::
 
     link = Uplink(device="bms-7", outbox=outbox, endpoint=BrokerEndpoint(host="broker"),
@@ -24,6 +30,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +49,14 @@ from cloud.mqtt.contract import (
     parse_command,
 )
 from cloud.mqtt.tls import MQTTS_PORT, MqttTls, tls_context
-from virtual_bms.outbox import Outbox
+from virtual_bms.http_fallback import HttpFallback, HttpFallbackError
+from virtual_bms.outbox import Outbox, OutboxItem
 
 __all__ = ["BrokerEndpoint", "CommandHandler", "Uplink", "UplinkCounters"]
 
 _log = logging.getLogger(__name__)
+
+_FALLBACK_POLL_S = 1.0  # how often an idle HTTPS fallback looks at the outbox and MQTT
 
 CommandHandler = Callable[[CommandMessage], Awaitable[AckMessage]]
 """Carries out a command and says how it went (``ok`` or ``rejected`` with a reason)."""
@@ -93,6 +103,8 @@ class UplinkCounters:
     commands: int = 0
     duplicate_commands: int = 0
     rejected_commands: int = 0
+    http_posted: int = 0  # outbox messages the cloud took over the HTTPS fallback
+    http_failures: int = 0  # HTTPS posts that failed (the messages stayed queued)
 
 
 class Uplink:
@@ -106,6 +118,9 @@ class Uplink:
         topics: Topic root.
         window: QoS 1 messages in flight at once.
         reconnect_delay_s: First back-off; doubles up to ``reconnect_delay_max_s``.
+        fallback: Post the outbox over HTTPS while MQTT is down; None: MQTT only.
+        fallback_after_s: How long MQTT must have been down before the fallback posts.
+        fallback_batch: Outbox messages per fallback round (one POST per channel run).
     """
 
     def __init__(
@@ -120,7 +135,15 @@ class Uplink:
         reconnect_delay_s: float = 0.5,
         reconnect_delay_max_s: float = 10.0,
         keepalive_s: int = 30,
+        fallback: HttpFallback | None = None,
+        fallback_after_s: float = 30.0,
+        fallback_batch: int = 100,
     ) -> None:
+        if fallback_after_s < 0 or fallback_batch < 1:
+            raise ValueError(
+                f"fallback_after_s must be >= 0 and fallback_batch >= 1, got "
+                f"{fallback_after_s} and {fallback_batch}"
+            )
         self.device = device
         self.topics = topics or Topics()
         self.outbox = outbox
@@ -135,6 +158,12 @@ class Uplink:
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
         self._status_topic = self.topics.device(device, Channel.status)
+        self.fallback = fallback
+        self._fallback_after_s = fallback_after_s
+        self._fallback_batch = fallback_batch
+        self._fallback_wake = asyncio.Event()
+        self._sending = asyncio.Lock()  # one path at a time takes the outbox head
+        self._down_since: float | None = None  # time.monotonic() when MQTT went down
 
     @property
     def connected(self) -> bool:
@@ -148,11 +177,13 @@ class Uplink:
     def wake(self) -> None:
         """Something new is in the outbox."""
         self._wake.set()
+        self._fallback_wake.set()
 
     def stop(self) -> None:
         """Finish: :meth:`run` returns after the current window (unsent messages stay)."""
         self._stop.set()
         self._wake.set()
+        self._fallback_wake.set()
 
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout_s)
@@ -164,7 +195,24 @@ class Uplink:
                 await asyncio.sleep(0.02)
 
     async def run(self) -> None:
-        """Connect, drain and listen until :meth:`stop`, reconnecting as needed."""
+        """Connect, drain and listen until :meth:`stop`, reconnecting as needed (and
+        posting over HTTPS meanwhile, with a fallback)."""
+        self._down_since = time.monotonic()
+        fallback = (
+            asyncio.create_task(self._fallback_loop(self.fallback), name=f"{self.device}-https")
+            if self.fallback is not None
+            else None
+        )
+        try:
+            await self._mqtt_loop()
+        finally:
+            if fallback is not None:
+                if not self._stop.is_set():
+                    fallback.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fallback  # after stop: its POST in flight finishes first
+
+    async def _mqtt_loop(self) -> None:
         delay = self._delay_s
         while not self._stop.is_set():
             try:
@@ -186,7 +234,7 @@ class Uplink:
     def _client(self) -> aiomqtt.Client:
         ep = self.endpoint
         offline = StatusMessage(online=False, ts=_now()).model_dump_json()
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             ep.host,
             ep.port,
             username=ep.username,
@@ -197,6 +245,8 @@ class Uplink:
             will=aiomqtt.Will(self._status_topic, offline, qos=1, retain=True),
             tls_context=tls_context(ep.tls) if ep.tls else None,
         )
+        client.pending_calls_threshold = self._window + 10  # a full window is expected
+        return client
 
     async def _session(self) -> None:
         async with self._client() as client:
@@ -207,12 +257,15 @@ class Uplink:
                 online = StatusMessage(online=True, ts=_now()).model_dump_json()
                 await client.publish(self._status_topic, online, qos=1, retain=True)
                 self._connected.set()
+                self._down_since = None
                 await self._drain(client, listener)
                 if self._stop.is_set():  # a clean goodbye: say offline, as the will would
                     offline = StatusMessage(online=False, ts=_now()).model_dump_json()
                     await client.publish(self._status_topic, offline, qos=1, retain=True)
             finally:
                 self._connected.clear()
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await listener
@@ -221,22 +274,61 @@ class Uplink:
         while not self._stop.is_set():
             if listener.done():
                 listener.result()  # the connection dropped: raise its MqttError
-            batch = self.outbox.peek(self._window)
+            async with self._sending:  # not while an HTTPS post of the same head is out
+                batch = self.outbox.peek(self._window)
+                if batch:
+                    await self._publish(client, batch)
             if not batch:
                 self._wake.clear()
                 waiter = asyncio.create_task(self._wake.wait())
                 await asyncio.wait({waiter, listener}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+
+    async def _publish(self, client: aiomqtt.Client, batch: list[OutboxItem]) -> None:
+        topic = {c: self.topics.device(self.device, Channel(c)) for c in {i.channel for i in batch}}
+        # in order: paho sends them in this order and the broker keeps it per session
+        await asyncio.gather(
+            *(client.publish(topic[item.channel], item.payload, qos=1) for item in batch)
+        )
+        self.outbox.remove(item.id for item in batch)
+        self.counters.published += len(batch)
+
+    async def _fallback_loop(self, fallback: HttpFallback) -> None:
+        """While MQTT has been down for ``fallback_after_s``, post the outbox head over HTTPS."""
+        delay = self._delay_s
+        while not self._stop.is_set():
+            down_s = None if self._down_since is None else time.monotonic() - self._down_since
+            if down_s is None or down_s < self._fallback_after_s or len(self.outbox) == 0:
+                wait_s = _FALLBACK_POLL_S
+                if down_s is not None and down_s < self._fallback_after_s:
+                    wait_s = min(wait_s, self._fallback_after_s - down_s)
+                self._fallback_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._fallback_wake.wait(), wait_s)
                 continue
-            topic = {
-                c: self.topics.device(self.device, Channel(c)) for c in {i.channel for i in batch}
-            }
-            # in order: paho sends them in this order and the broker keeps it per session
-            await asyncio.gather(
-                *(client.publish(topic[item.channel], item.payload, qos=1) for item in batch)
-            )
-            self.outbox.remove(item.id for item in batch)
-            self.counters.published += len(batch)
+            try:
+                async with self._sending:
+                    if not self.connected:  # MQTT may have come back while this waited
+                        await self._post_head(fallback)
+                delay = self._delay_s
+            except HttpFallbackError as error:
+                self.counters.http_failures += 1
+                _log.warning(
+                    "%s: HTTPS fallback failed (%s); retrying in %.1f s", self.device, error, delay
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(2 * delay, self._delay_max_s)
+
+    async def _post_head(self, fallback: HttpFallback) -> None:
+        """One round: the oldest messages over HTTPS; what the cloud took leaves the outbox."""
+        batch = self.outbox.peek(self._fallback_batch)
+        presence = [item.id for item in batch if item.channel == Channel.status.value]
+        taken = await fallback.post(batch)
+        if presence:  # stale by the time MQTT is back; the last will speaks for the device
+            _log.info("%s: %d status messages not posted over HTTPS", self.device, len(presence))
+        self.outbox.remove([*taken, *presence])
+        self.counters.http_posted += len(taken)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

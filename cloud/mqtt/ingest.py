@@ -237,6 +237,8 @@ class _Outcome:
     measurement_rows: int = 0
     eis_rows: int = 0
     lag_s: float | None = None
+    # id(_Raw) -> ("stored" | "duplicate" | "dead_lettered", reason): per message, for HTTPS
+    verdicts: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def add(self, other: _Outcome) -> None:
         for name in ("stored", "duplicates", "status_updates", "acks", "events"):
@@ -244,6 +246,7 @@ class _Outcome:
         self.measurement_rows += other.measurement_rows
         self.eis_rows += other.eis_rows
         self.dead += other.dead
+        self.verdicts |= other.verdicts
         self.lag_s = other.lag_s if other.lag_s is not None else self.lag_s
 
 
@@ -462,6 +465,33 @@ class IngestService:
                 mqtt.ack(message.mid, message.qos)
         self._count(outcome, seconds=time.perf_counter() - started)
 
+    async def store_payloads(self, topic: str, payloads: Sequence[bytes]) -> list[tuple[str, str]]:
+        """Store messages that came another way than the broker (the HTTPS fallback).
+
+        The same path as a batch from the broker: contract, device and cell checks, the
+        ``(device, seq)`` claim (a seq already stored, by either path, is a duplicate) and
+        dead letters, in one transaction run in a worker thread. No broker connection is
+        needed. Counted in :attr:`counters` like MQTT batches.
+
+        Args:
+            topic: The device topic the payloads would have come on (device and channel).
+            payloads: Raw payloads, in the order the device sent them.
+
+        Returns:
+            Per payload, in order: ``("stored", "")``, ``("duplicate", "")`` or
+            ``("dead_lettered", reason)``.
+
+        Raises:
+            sqlalchemy.exc.DBAPIError: The database is down or busy: nothing was stored.
+        """
+        received_at = _now()
+        raws = [_Raw(topic, payload, False, received_at) for payload in payloads]
+        started = time.perf_counter()
+        outcome = await asyncio.to_thread(self._store, raws)
+        self.counters.messages_in += len(raws)
+        self._count(outcome, seconds=time.perf_counter() - started)
+        return [outcome.verdicts.get(id(raw), ("stored", "")) for raw in raws]
+
     def _count(self, outcome: _Outcome, *, seconds: float) -> None:
         c = self.counters
         c.batches += 1
@@ -615,6 +645,11 @@ class IngestService:
                 ],
             )
             outcome.dead = [(d.raw.topic, d.reason) for d in dead]
+            outcome.verdicts |= {id(d.raw): ("dead_lettered", d.reason) for d in dead}
+        done = {id(d.raw) for d in fresh} | {id(o.raw) for o in others}
+        for item in items:  # what is neither dead nor written was a redelivered seq
+            key = id(item.raw)
+            outcome.verdicts.setdefault(key, ("stored", "") if key in done else ("duplicate", ""))
         return outcome
 
     def _claim(
@@ -780,6 +815,7 @@ class IngestService:
                     )
                 else:
                     outcome.duplicates += 1  # the command was already acknowledged
+                    outcome.verdicts[id(item.raw)] = ("duplicate", "")
         if events:
             conn.execute(insert(_EVENTS), events)
         if online:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from cloud.main import create_app
 from cloud.models import Battery, Cell, Device, Module
@@ -22,6 +23,7 @@ from cloud.settings import CloudSettings
 from cloud.users import add_user
 from tests.cloud.conftest import _postgres_database
 from tests.cloud.mqtt_fixtures import MOSQUITTO_HOST, MOSQUITTO_PORT, require
+from tests.virtual_bms.test_http_fallback import _clean_mosquitto
 from virtual_bms.assembly import run_online, twin_bms
 from virtual_bms.outbox import Outbox
 from virtual_bms.uplink import BrokerEndpoint
@@ -51,6 +53,9 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClie
         )
         with TestClient(create_app(settings)) as client:
             yield client
+            with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+                devices = list(session.scalars(select(Device.name)))
+        asyncio.run(_clean_mosquitto(devices))  # sessions and retained status on the shared broker
 
 
 def _register(client: TestClient, name: str) -> tuple[int, str, dict[str, str]]:
