@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from cloud.activity import ActivityMiddleware, ActivityRecorder
-from cloud.api import auth, commands, devices, uplink_http
+from cloud.api import auth, commands, devices, passport, uplink_http
 from cloud.api.crud import crud_router
 from cloud.api.measurements import measurement_router
 from cloud.api.resources import resources
@@ -118,6 +118,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(commands.router)
     app.include_router(devices.router)
+    app.include_router(passport.router)
     app.include_router(uplink_http.router)
     for res in resources():
         if res.path == "measurements":

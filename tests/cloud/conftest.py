@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cloud.api_fixtures import api, site  # noqa: F401  (fixtures for the API tests)
+
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
