@@ -460,6 +460,26 @@ class ActivityLog(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class EstimatorRun(Base):
+    """One run of a cloud estimator (D2.3's time scheduler): inputs, version, outcome."""
+
+    __tablename__ = "estimator_runs"
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(50))
+    version: Mapped[str] = mapped_column(String(50))
+    battery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("batteries.id", ondelete="CASCADE"), index=True
+    )
+    trigger: Mapped[str] = mapped_column(String(20))  # schedule | request
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(20), default="running")  # ok|skipped|failed
+    inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(String(2000))
+    __table_args__ = (Index("ix_estimator_runs_job_time", "job", "started_at"),)
+
+
 __all__ = [
     "ActivityLog",
     "Battery",
@@ -472,6 +492,8 @@ __all__ = [
     "DiagnosticParameters",
     "EcmParameterSet",
     "EisRecord",
+    "EstimatorRun",
+    "Event",
     "IngestedMessage",
     "Manufacturer",
     "Material",
