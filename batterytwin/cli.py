@@ -6,7 +6,9 @@ import os
 
 import typer
 
+from cloud.analytics.cli import analyze
 from cloud.cli import app as cloud_app
+from cloud.estimators.eis_cli import app as eis_app
 from scenarios import cli as scenario_cli
 from twin.cli import app as twin_app
 from virtual_bms.cli import app as bms_app
@@ -17,8 +19,10 @@ app = typer.Typer(
 app.add_typer(twin_app, name="twin")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(bms_app, name="bms")
+app.add_typer(eis_app, name="eis")
 app.command()(scenario_cli.simulate)
 app.command()(scenario_cli.sweep)
+app.command()(analyze)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -16,11 +17,14 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from cloud.activity import ActivityMiddleware, ActivityRecorder
-from cloud.api import auth, commands, devices, passport, uplink_http
+from cloud.api import analytics as analytics_api
+from cloud.api import auth, commands, devices, estimators, passport, uplink_http
 from cloud.api.crud import crud_router
 from cloud.api.measurements import measurement_router
 from cloud.api.resources import resources
 from cloud.db import make_engine, session_factory
+from cloud.estimators.jobs import default_jobs
+from cloud.estimators.scheduler import Scheduler
 from cloud.metrics import render_metrics
 from cloud.migrate import upgrade
 from cloud.settings import CloudSettings
@@ -89,7 +93,26 @@ def create_app(settings: CloudSettings) -> FastAPI:
                 app.state.ingest = await stack.enter_async_context(
                     IngestService(engine=engine, config=config)
                 )
-            yield
+            loop_task = None
+            if settings.estimator_interval_s > 0:
+                from cloud.estimators.service import scheduler_loop
+
+                loop_task = asyncio.create_task(
+                    scheduler_loop(
+                        app.state.scheduler,
+                        engine=engine,
+                        endpoint=app.state.mqtt,
+                        interval_s=settings.estimator_interval_s,
+                    ),
+                    name="estimator-scheduler",
+                )
+            try:
+                yield
+            finally:
+                if loop_task is not None:
+                    loop_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await loop_task
         app.state.activity.stop()
         engine.dispose()
 
@@ -107,6 +130,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.state.activity = ActivityRecorder(app.state.sessions)
     app.state.ingest = None  # set by the lifespan when MQTT is on
     app.state.mqtt = None
+    app.state.scheduler = Scheduler(engine, default_jobs())
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -115,9 +139,11 @@ def create_app(settings: CloudSettings) -> FastAPI:
 
     app.add_middleware(ActivityMiddleware, recorder=app.state.activity)
 
+    app.include_router(analytics_api.router)
     app.include_router(auth.router)
     app.include_router(commands.router)
     app.include_router(devices.router)
+    app.include_router(estimators.router)
     app.include_router(passport.router)
     app.include_router(uplink_http.router)
     for res in resources():

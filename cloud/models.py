@@ -480,8 +480,24 @@ class EstimatorRun(Base):
     __table_args__ = (Index("ix_estimator_runs_job_time", "job", "started_at"),)
 
 
+class AnalyticsResult(Base):
+    """A Battery Analytics upload's result attached to a battery's passport
+    (``POST /api/upload?attach_to_battery=``): the response without its plots."""
+
+    __tablename__ = "analytics_results"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    battery_id: Mapped[int] = mapped_column(ForeignKey("batteries.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    produced_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    cell_id: Mapped[str | None] = mapped_column(String(255))  # as in the uploaded file
+    source: Mapped[str] = mapped_column(String(500))  # the uploaded file names
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    __table_args__ = (Index("ix_analytics_results_battery_time", "battery_id", "created_at"),)
+
+
 __all__ = [
     "ActivityLog",
+    "AnalyticsResult",
     "Battery",
     "BatteryStatus",
     "Cell",

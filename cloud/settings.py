@@ -45,6 +45,8 @@ class CloudSettings(BaseSettings):
     refresh_token_minutes: int = Field(default=24 * 60, gt=0)
     page_size_max: int = Field(default=1000, gt=0)
     token_rate_per_minute: int = Field(default=20, gt=0)
+    estimator_interval_s: float = Field(default=300.0, ge=0)
+    """How often the estimator scheduler looks for due work; 0 turns it off."""
 
     def broker_address(self) -> tuple[str, int] | None:
         """``(host, port)`` of an external broker, None for 'embedded' or 'none'."""

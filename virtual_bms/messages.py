@@ -1,7 +1,9 @@
 """The BMS's uplink payloads, built from its estimates (the cloud's wire contract).
 
 SoC, SoH, SoS and SoT-derived values go out as fractions (SoC 0..1) and degrees Celsius;
-a quantity the BMS has no estimate for yet is left out, never sent as NaN.
+a quantity the BMS has no estimate for yet is left out, never sent as NaN. Voltages and
+temperatures are the latest readings; ``current`` is the mean since the previous report,
+so charge counted from the reports is the charge that flowed.
 """
 
 from __future__ import annotations

@@ -192,6 +192,8 @@ class VirtualBms:
         self._ekf: EkfState | None = None
         self._three_step: ThreeStepSocState | None = None
         self._balancing_a: FloatArray = np.zeros(self.n)
+        self._charge_as: FloatArray = np.zeros(self.n)  # current integral since the report
+        self._charge_s = 0.0
         self._balancing_requested = False
         self._eis_request: EisConfig | None = None
         self._eis_groups: list[int] | None = None
@@ -257,6 +259,9 @@ class VirtualBms:
         )
         self._last_time_s = frame.time_s
         current = frame.group_current_a + self._balancing_a  # the cells' own current
+        if dt_s > 0:  # the frame's current was held over the step that ended now
+            self._charge_as = self._charge_as + frame.group_current_a * dt_s
+            self._charge_s += dt_s
         first = self.model is None
         self._estimate_soc(frame, current, max(dt_s, 1e-6))
         before = self.mode
@@ -484,7 +489,14 @@ class VirtualBms:
         self._update_sos(frame)
         if self.outbox is None:
             return
-        group_current = frame.group_current_a
+        # the mean current since the last report, so that the cloud's Coulomb counting
+        # integrates the same charge whatever the reporting interval (a snapshot every few
+        # minutes of a household's spiky load is biased)
+        group_current = (
+            self._charge_as / self._charge_s if self._charge_s > 0 else frame.group_current_a
+        )
+        self._charge_as = np.zeros(self.n)
+        self._charge_s = 0.0
         if self.config.pillar == 1:
             quantities = {
                 "voltage": frame.voltage_v,

@@ -25,6 +25,7 @@ from cloud.models import (
     DiagnosticParameters,
     EcmParameterSet,
     EisRecord,
+    EstimatorRun,
     Event,
     Manufacturer,
     Material,
@@ -464,6 +465,18 @@ def resources() -> list[Resource]:
             scope=_scope_by_battery(Device.battery_id),
             filters={"battery": Device.battery_id},
             unique_fields=("name",),
+        ),
+        _res(
+            "estimator_runs",
+            EstimatorRun,
+            "Estimators",
+            read=DATA_READERS,
+            write=frozenset({Role.admin}),  # the scheduler writes them
+            required=("job", "version", "trigger"),
+            read_only=("id", "inputs", "outcome", "error", "started_at", "finished_at"),
+            scope=_scope_by_battery(EstimatorRun.battery_id),
+            filters={"battery": EstimatorRun.battery_id},
+            time_column=EstimatorRun.started_at,
         ),
         _res(
             "events",
