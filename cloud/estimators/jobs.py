@@ -312,17 +312,57 @@ class SohJob:
                 )
                 stored += 1
         inputs = {"samples": len(times), "cells": len(cells), "from": times[0], "to": times[-1]}
-        outcome = {
+        outcome: dict[str, Any] = {
             "soh": soh,
             "soh_sigma": np.atleast_1d(result.soh_sigma),
             "n_spans": np.atleast_1d(result.n_spans),
             "stored": stored,
         }
+        limits = self._power_limits(session, battery_id, cells, float(nominal), result)
+        if limits is not None:
+            outcome["power_limits"] = limits
         return JobResult(
             inputs=inputs,
             outcome=outcome,
             skipped=None if stored else "no charge/discharge span long enough for Coulomb counting",
         )
+
+    @staticmethod
+    def _power_limits(
+        session: Session, battery_id: int, cells: list[int], nominal_ah: float, result: Any
+    ) -> dict[str, Any] | None:
+        """New operating limits per cell from the updated capacity (D1.2), when the
+        diagnostic-sizing record gives the rated currents (I_ch_max, I_dch_max)."""
+        from cloud.estimators.soh import RatedLimits, power_limits
+
+        diagnostics = session.scalars(
+            select(DiagnosticParameters)
+            .where(DiagnosticParameters.battery_id == battery_id)
+            .order_by(DiagnosticParameters.recorded_at.desc())
+            .limit(1)
+        ).first()
+        if diagnostics is None or not diagnostics.icha_max or not diagnostics.idch_max:
+            return None
+        voltage = session.scalar(select(func.avg(Cell.nominal_voltage)).where(Cell.id.in_(cells)))
+        capacity = np.atleast_1d(result.capacity_ah)
+        if not np.all(np.isfinite(capacity)):
+            return None
+        limits = power_limits(
+            capacity,
+            rated=RatedLimits(
+                nominal_capacity_ah=nominal_ah,
+                max_charge_current_a=float(diagnostics.icha_max),
+                max_discharge_current_a=float(diagnostics.idch_max),
+                nominal_voltage_v=float(voltage) if voltage else 3.6,
+            ),
+            capacity_sigma_ah=np.atleast_1d(result.capacity_sigma_ah),
+        )
+        return {
+            "charge_current_a": limits.charge_current_a,
+            "discharge_current_a": limits.discharge_current_a,
+            "charge_power_w": limits.charge_power_w,
+            "discharge_power_w": limits.discharge_power_w,
+        }
 
 
 class SowJob:

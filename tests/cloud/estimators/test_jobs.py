@@ -196,6 +196,8 @@ def test_soh_then_sow_from_stored_telemetry(engine: Engine) -> None:
                 lifespan_fecs=3650.0,
                 fecs_per_day=1.0,
                 days_per_year=365.0,
+                icha_max=50.0,
+                idch_max=100.0,
             )
         )
         battery_id, cell_ids = battery.id, [c.id for c in cells]
@@ -219,6 +221,10 @@ def test_soh_then_sow_from_stored_telemetry(engine: Engine) -> None:
     assert np.max(np.abs(errors)) < 0.02, errors
     assert sow_row.battery_id == battery_id and sow_row.rh is not None and 0 < sow_row.rh <= 1
     assert runs[1].outcome is not None and "message" in runs[1].outcome
+    # new operating limits scale with the estimated capacity (rated at 100 Ah)
+    limits = runs[0].outcome["power_limits"] if runs[0].outcome else {}
+    discharge = np.array(limits["discharge_current_a"])
+    assert np.all((discharge > 60.0) & (discharge < 90.0)), discharge
 
 
 def test_pending_estimator_commands_are_published_to_the_device(engine: Engine) -> None:
