@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from cloud.main import create_app
 from cloud.models import Battery, Cell, Device, Module
@@ -140,3 +140,58 @@ def test_a_virtual_bms_reports_and_obeys_the_cloud(service: TestClient, tmp_path
         time.sleep(0.1)
     assert len(rows) == 120 * N_CELLS
     assert all(0.0 <= r["soc"] <= 1.0 and 0.3 < r["soh"] < 1.2 for r in rows)
+
+
+def test_eis_to_drt_to_ecm_update_closes_the_loop(service: TestClient, tmp_path: Path) -> None:
+    """Pillar 1 end to end: the BMS's EIS sweep reaches the cloud, the DRT job fits it,
+    the ECM update goes back down, the BMS acknowledges it and estimates with it."""
+    from cloud.models import EisRecord
+
+    name = f"hub-{uuid.uuid4().hex[:8]}"
+    device_id, password, admin = _register(service, name)
+    battery_id = service.get(f"/api/devices/{device_id}/", headers=admin).json()["battery_id"]
+    mqtt = service.app.state.mqtt  # type: ignore[attr-defined]
+    endpoint = BrokerEndpoint.from_url(f"mqtt://{name}:{password}@{mqtt.host}:{mqtt.port}")
+    bms = twin_bms(
+        device=name,
+        pillar=1,
+        cells=N_CELLS,
+        outbox=Outbox(tmp_path / "hub.sqlite"),
+        sample_period_s=10.0,
+        reporting_interval_s=300.0,
+        eis={"interval_s": 600.0, "f_min_hz": 0.01, "f_max_hz": 1000.0, "points": 31},
+    )
+    done = threading.Event()
+
+    def run() -> None:  # 3 h of twin time at 600x
+        asyncio.run(run_online(bms, endpoint=endpoint, duration_s=10_800.0, speed=600.0))
+        done.set()
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    state: Any = service.app.state  # type: ignore[attr-defined]
+
+    def sweeps_stored() -> int:
+        with state.sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(EisRecord)) or 0)
+
+    deadline = time.monotonic() + 30
+    while sweeps_stored() < N_CELLS * 31 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sweeps_stored() >= N_CELLS * 31, "no EIS sweep reached the cloud"
+    ran = service.post(f"/api/estimators/drt_ecm/run/?battery={battery_id}", headers=admin)
+    assert ran.status_code == 200, ran.text
+    run_record = ran.json()
+    assert run_record["status"] == "ok", run_record
+    command_id = run_record["outcome"]["command_id"]
+    assert command_id is not None and len(run_record["outcome"]["fits"]) >= N_CELLS
+    runner.join(60)
+    assert done.is_set()
+    assert bms.cloud_model and bms.counters.ecm_updates == 1
+    command = service.get(f"/api/commands/{command_id}/", headers=admin).json()
+    for _ in range(50):
+        if command["status"] == "acked":
+            break
+        time.sleep(0.1)
+        command = service.get(f"/api/commands/{command_id}/", headers=admin).json()
+    assert command["status"] == "acked", command
