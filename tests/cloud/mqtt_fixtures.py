@@ -19,7 +19,9 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -65,6 +67,61 @@ def require(host: str, port: int, what: str) -> None:
     if in_ci():
         pytest.fail(f"{message}, and CI=true requires it")
     pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def mosquitto_binary(purpose: str) -> str:
+    """The mosquitto executable; without one, skip (or fail when CI is set)."""
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found is None:
+        if in_ci():
+            pytest.fail(f"the mosquitto binary is needed for {purpose} and CI=true")
+        pytest.skip(f"no mosquitto binary: {purpose} needs one")
+    return found
+
+
+def start_mosquitto(conf: Path, *ports: int, purpose: str) -> subprocess.Popen[bytes]:
+    """A private Mosquitto on ``conf``, once every one of ``ports`` accepts connections;
+    its stderr goes to ``mosquitto.log`` beside ``conf`` and is shown if it fails."""
+    binary = mosquitto_binary(purpose)
+    log = conf.parent / "mosquitto.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=out)
+    deadline = time.monotonic() + 10
+    for port in ports:
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_mosquitto(process)
+                pytest.fail(f"mosquitto did not start: {log.read_text()}")
+            time.sleep(0.05)
+    return process
+
+
+def stop_mosquitto(process: subprocess.Popen[bytes]) -> None:
+    """Terminate cleanly (a clean stop writes Mosquitto's persistence file)."""
+    if process.poll() is None:
+        process.terminate()
+    process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def private_mosquitto(conf: Path, *ports: int, purpose: str) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`start_mosquitto` for the block, stopped after it."""
+    process = start_mosquitto(conf, *ports, purpose=purpose)
+    try:
+        yield process
+    finally:
+        stop_mosquitto(process)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -13,18 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.cloud.mqtt_fixtures import free_port
 from tests.cloud.tls import make_ca_and_server_cert
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_https_with_a_throwaway_ca(tmp_path: Path) -> None:
     ca, cert, key = make_ca_and_server_cert(tmp_path)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "BATTERYTWIN_JWT_SECRET": "tls-test-secret-" + "y" * 32}
     cmd = [sys.executable, "-m", "batterytwin", "cloud", "serve", "--port", str(port)]
     cmd += [

@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -33,8 +29,9 @@ from tests.cloud.mqtt_fixtures import (
     BACKENDS,
     Backend,
     count,
-    in_ci,
+    free_port,
     open_backend,
+    private_mosquitto,
     seed_device,
     telemetry,
     wait_until,
@@ -100,40 +97,15 @@ async def _secured_broker(backend: Backend, tmp_path: Path) -> AsyncIterator[tup
         async with EmbeddedBroker(credentials=CREDENTIALS, acl=acl) as broker:
             yield broker.host, broker.port
         return
-    mosquitto = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if mosquitto is None:
-        if in_ci():
-            pytest.fail("the mosquitto binary is needed for the ACL test and CI=true")
-        pytest.skip("no mosquitto binary")
     files = write_mosquitto_files(tmp_path / "mosquitto", credentials=CREDENTIALS, acl=acl)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     conf = tmp_path / "mosquitto" / "mosquitto.conf"
     conf.write_text(
         render_mosquitto_conf(password_file=files.password_file, acl_file=files.acl_file, port=port)
         + f"user {getpass.getuser()}\n"  # as root, keep the rights to read the files
     )
-    process = subprocess.Popen(
-        [mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                stderr = process.stderr.read().decode() if process.stderr else ""
-                pytest.fail(f"mosquitto did not start: {stderr}")
-            await asyncio.sleep(0.05)
+    with private_mosquitto(conf, port, purpose="the ACL test"):
         yield "127.0.0.1", port
-    finally:
-        process.terminate()
-        process.wait(timeout=5)
-        if process.stderr:
-            process.stderr.close()
 
 
 def _code(granted: int | ReasonCode) -> int:

@@ -13,10 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import shutil
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -59,8 +56,9 @@ from tests.cloud.mqtt_fixtures import (
     N_CELLS,
     Backend,
     count,
-    in_ci,
+    free_port,
     open_backend,
+    private_mosquitto,
     seed_device,
     telemetry,
     wait_until,
@@ -94,23 +92,6 @@ class SecuredBroker:
     """Whether new accounts work at once (embedded) or after a reload (Mosquitto)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _mosquitto_binary() -> str:
-    mosquitto = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if mosquitto is None:
-        if in_ci():
-            pytest.fail("the mosquitto binary is needed for the credentials test and CI=true")
-        pytest.skip("no mosquitto binary")
-    return mosquitto
-
-
 @contextlib.asynccontextmanager
 async def _secured_broker(backend: Backend, tmp_path: Path) -> AsyncIterator[SecuredBroker]:
     """The embedded broker on the database, or a private Mosquitto on rendered files."""
@@ -127,8 +108,7 @@ async def _secured_broker(backend: Backend, tmp_path: Path) -> AsyncIterator[Sec
 
             yield SecuredBroker(broker.host, broker.port, nothing, immediate=True)
         return
-    mosquitto = _mosquitto_binary()
-    port = _free_port()
+    port = free_port()
     directory = tmp_path / "mosquitto"
 
     def render() -> None:
@@ -144,31 +124,15 @@ async def _secured_broker(backend: Backend, tmp_path: Path) -> AsyncIterator[Sec
         conf.write_text(conf.read_text() + f"user {getpass.getuser()}\n")
 
     render()
-    process = subprocess.Popen(
-        [mosquitto, "-c", str(directory / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with private_mosquitto(
+        directory / "mosquitto.conf", port, purpose="the credentials test"
+    ) as process:
 
-    async def reload() -> None:
-        render()
-        process.send_signal(signal.SIGHUP)
+        async def reload() -> None:
+            render()
+            process.send_signal(signal.SIGHUP)
 
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                stderr = process.stderr.read().decode() if process.stderr else ""
-                pytest.fail(f"mosquitto did not start: {stderr}")
-            await asyncio.sleep(0.05)
         yield SecuredBroker("127.0.0.1", port, reload, immediate=False)
-    finally:
-        process.terminate()
-        process.wait(timeout=5)
-        if process.stderr:
-            process.stderr.close()
 
 
 async def _can_connect(broker: SecuredBroker, username: str | None, password: str | None) -> bool:

@@ -8,13 +8,9 @@ verify the broker's certificate against the test's CA.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import json
-import shutil
-import socket
 import ssl
-import subprocess
 import threading
 import time
 import uuid
@@ -39,7 +35,15 @@ from cloud.mqtt.ingest import IngestConfig, IngestError, IngestService
 from cloud.mqtt.tls import MqttTls, tls_context
 from cloud.settings import CloudSettings
 from cloud.users import add_user
-from tests.cloud.mqtt_fixtures import Backend, count, in_ci, seed_device, telemetry, wait_until
+from tests.cloud.mqtt_fixtures import (
+    Backend,
+    count,
+    free_port,
+    private_mosquitto,
+    seed_device,
+    telemetry,
+    wait_until,
+)
 from tests.cloud.tls import make_ca_and_server_cert
 
 DEVICE, DEVICE_SECRET = "bms-tls", "secret-device"
@@ -61,26 +65,8 @@ class TlsBroker:
         return MqttTls(ca_file=overrides.pop("ca_file", self.ca_file), **overrides)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if found is None:
-        if in_ci():
-            pytest.fail("the mosquitto binary is needed for the MQTT TLS tests and CI=true")
-        pytest.skip("no mosquitto binary: the MQTT TLS tests need one")
-    return found
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[TlsBroker]:
-    mosquitto = _mosquitto_binary()
     pki = tmp_path / "pki"
     pki.mkdir()
     ca, cert, key = make_ca_and_server_cert(pki)
@@ -89,7 +75,7 @@ def broker(tmp_path: Path) -> Iterator[TlsBroker]:
         credentials={DEVICE: DEVICE_SECRET, INGEST_USER: INGEST_SECRET},
         acl=device_acl([DEVICE], topics=TOPICS),
     )
-    plain_port, tls_port = _free_port(), _free_port()
+    plain_port, tls_port = free_port(), free_port()
     conf = tmp_path / "mosquitto" / "mosquitto.conf"
     conf.write_text(
         render_mosquitto_conf(
@@ -103,27 +89,8 @@ def broker(tmp_path: Path) -> Iterator[TlsBroker]:
         )
         + f"user {getpass.getuser()}\n"  # as root, keep the rights to read the files
     )
-    log_path = tmp_path / "mosquitto" / "mosquitto.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log
-        )
-    try:
-        deadline = time.monotonic() + 10
-        for port in (plain_port, tls_port):
-            while True:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), 0.2),
-                ):
-                    break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mosquitto did not start: {log_path.read_text()}")
-                time.sleep(0.05)
+    with private_mosquitto(conf, plain_port, tls_port, purpose="the MQTT TLS tests"):
         yield TlsBroker("127.0.0.1", plain_port, tls_port, ca)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _device_client(broker: TlsBroker, *, host: str | None = None) -> aiomqtt.Client:

@@ -6,10 +6,7 @@ production, Mosquitto.)"""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,49 +19,38 @@ from cloud.models import IngestedMessage
 from cloud.mqtt.broker import render_mosquitto_conf
 from cloud.mqtt.contract import Topics
 from cloud.mqtt.ingest import IngestConfig, IngestService
-from tests.cloud.mqtt_fixtures import Backend, in_ci, seed_device, wait_until
+from tests.cloud.mqtt_fixtures import (
+    Backend,
+    free_port,
+    seed_device,
+    start_mosquitto,
+    stop_mosquitto,
+    wait_until,
+)
 from tests.virtual_bms.test_uplink import _refuse, _sample
 from virtual_bms.outbox import Outbox
 from virtual_bms.uplink import BrokerEndpoint, Uplink
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class _Mosquitto:
+    """A private Mosquitto the test can stop and start again on the same port."""
+
     def __init__(self, conf: Path, port: int) -> None:
         self.conf, self.port = conf, port
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = subprocess.Popen([binary, "-c", str(self.conf)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        self.process = start_mosquitto(self.conf, self.port, purpose="the broker outage test")
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()  # a clean stop writes the persistence file
-            self.process.wait(timeout=10)
+            stop_mosquitto(self.process)
             self.process = None
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[_Mosquitto]:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        if in_ci():
-            pytest.fail("mosquitto is not installed, and CI=true requires it")
-        pytest.skip("mosquitto is not installed")
-    port = _free_port()
+    port = free_port()
     (tmp_path / "persistence").mkdir()
     (tmp_path / "passwd").write_text("")
     (tmp_path / "acl").write_text("")

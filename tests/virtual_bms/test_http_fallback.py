@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ from cloud.mqtt.ingest import IngestConfig
 from cloud.settings import CloudSettings
 from cloud.users import add_user
 from tests.cloud.conftest import _postgres_database
-from tests.cloud.mqtt_fixtures import MOSQUITTO_HOST, MOSQUITTO_PORT, require, wait_until
+from tests.cloud.mqtt_fixtures import MOSQUITTO_HOST, MOSQUITTO_PORT, free_port, require, wait_until
 from tests.cloud.mqtt_fixtures import telemetry as telemetry_payload
 from tests.cloud.tls import make_ca_and_server_cert
 from tests.virtual_bms.tcp_proxy import TcpProxy
@@ -104,17 +103,11 @@ def _verify(ca: Path) -> Any:
     return ssl.create_default_context(cafile=str(ca))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _serve(app: FastAPI, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The app on a real HTTPS port (uvicorn in a thread, lifespan and all)."""
     ca, cert, key = make_ca_and_server_cert(tmp_path)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -279,7 +272,7 @@ def test_with_mqtt_unreachable_telemetry_arrives_over_https_once_in_order(
             link = Uplink(
                 device=cloud.device,
                 outbox=outbox,
-                endpoint=BrokerEndpoint(port=_free_port()),  # nobody listens: MQTT is down
+                endpoint=BrokerEndpoint(port=free_port()),  # nobody listens: MQTT is down
                 on_command=_refuse,
                 fallback=fallback,
                 fallback_after_s=0.3,
