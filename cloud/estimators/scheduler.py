@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from cloud.models import EstimatorRun
@@ -30,6 +30,7 @@ from cloud.models import EstimatorRun
 __all__ = ["Job", "JobResult", "Scheduler", "SchedulerError"]
 
 _log = logging.getLogger(__name__)
+_LOCK_KEY = 0x62747363686564  # "btsched": the scheduler's PostgreSQL advisory lock
 
 
 class SchedulerError(LookupError):
@@ -90,7 +91,23 @@ class Scheduler:
         return list(self._jobs)
 
     def run_due(self) -> list[EstimatorRun]:
-        """Run every job for every battery it is due for; the runs, in order."""
+        """Run every job for every battery it is due for; the runs, in order.
+
+        On PostgreSQL a session advisory lock makes one process do a tick: every worker of
+        ``cloud serve --workers N`` runs the loop, and two would fit the same sweeps and
+        send the same commands. Whoever does not get the lock returns nothing.
+        """
+        with self._engine.connect() as lock:
+            if lock.dialect.name == "postgresql":
+                if not lock.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}):
+                    return []
+                try:
+                    return self._run_due()
+                finally:
+                    lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+        return self._run_due()
+
+    def _run_due(self) -> list[EstimatorRun]:
         now = self._clock()
         runs: list[EstimatorRun] = []
         for job in self._jobs.values():

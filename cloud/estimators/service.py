@@ -52,8 +52,13 @@ async def publish_pending(engine: Engine, endpoint: MqttEndpoint | None) -> int:
 async def scheduler_loop(
     scheduler: Scheduler, *, engine: Engine, endpoint: MqttEndpoint | None, interval_s: float
 ) -> None:
-    """Run what is due every ``interval_s``, then send the commands it queued; forever."""
+    """Every ``interval_s`` run what is due, then send the commands it queued; forever.
+
+    The first tick comes one interval after start, so the service's start-up (and a
+    restart under load) does not also scan the measurements.
+    """
     while True:
+        await asyncio.sleep(interval_s)
         try:
             runs = await asyncio.to_thread(scheduler.run_due)
             if runs:
@@ -61,4 +66,3 @@ async def scheduler_loop(
             await publish_pending(engine, endpoint)
         except Exception:  # the loop must outlive a bad tick
             _log.exception("estimator tick failed")
-        await asyncio.sleep(interval_s)

@@ -14,6 +14,7 @@ from cloud.db import make_engine
 from cloud.estimators.scheduler import JobResult, Scheduler, SchedulerError
 from cloud.migrate import upgrade
 from cloud.models import Battery, EstimatorRun
+from tests.cloud.conftest import _postgres_database
 
 T0 = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
@@ -125,3 +126,33 @@ def test_dependency_problems_are_named() -> None:
         Scheduler(make_engine("sqlite://"), [Toy("sow", after="ghost")])
     with pytest.raises(SchedulerError, match="loop"):
         Scheduler(make_engine("sqlite://"), [Toy("a", after="b"), Toy("b", after="a")])
+
+
+@pytest.fixture
+def postgres_engine() -> Iterator[Engine]:
+    """PostgreSQL only: the advisory lock is PostgreSQL's (SQLite serves one worker)."""
+    for url in _postgres_database():
+        engine = make_engine(url)
+        upgrade(engine)
+        with Session(engine) as session, session.begin():
+            session.add(Battery(serial_number="S0", battery_name="b0"))
+        yield engine
+        engine.dispose()
+
+
+def test_one_process_at_a_time_runs_a_tick_on_postgresql(postgres_engine: Engine) -> None:
+    """Every worker of `cloud serve --workers N` has a scheduler; while one holds the
+    tick, the others do nothing."""
+    from sqlalchemy import text
+
+    engine = postgres_engine
+
+    from cloud.estimators.scheduler import _LOCK_KEY
+
+    job = Toy("soh", interval_s=3600.0, batteries=[1])
+    scheduler = Scheduler(engine, [job], clock=Clock())
+    with engine.connect() as other_worker:
+        assert other_worker.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        assert scheduler.run_due() == [] and job.calls == []
+        other_worker.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+    assert [r.status for r in scheduler.run_due()] == ["ok"]
