@@ -11,6 +11,7 @@ from cloud.cli import app as cloud_app
 from cloud.estimators.eis_cli import app as eis_app
 from scenarios import cli as scenario_cli
 from twin.cli import app as twin_app
+from twin.fmu.cli import app as fmu_app
 from virtual_bms.cli import app as bms_app
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app.add_typer(twin_app, name="twin")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(bms_app, name="bms")
 app.add_typer(eis_app, name="eis")
+app.add_typer(fmu_app, name="fmu")
 app.command()(scenario_cli.simulate)
 app.command()(scenario_cli.sweep)
 app.command()(analyze)

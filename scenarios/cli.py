@@ -59,7 +59,11 @@ def simulate(
     years: Annotated[float | None, typer.Option(help="Run length in years.")] = None,
     days: Annotated[float | None, typer.Option(help="Run length in days.")] = None,
     model: Annotated[
-        str, typer.Option(help="ecm (cell by cell, fast) or pybamm (one PyBaMM cell, slow).")
+        str,
+        typer.Option(
+            help="ecm (cell by cell, fast), pybamm (one PyBaMM cell, slow) or fmu (the "
+            "scenario's [fmu] cell model, one FMU per series group)."
+        ),
     ] = "ecm",
     seed: Annotated[int | None, typer.Option(help="Seed (default: the file's).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default out/<name>).")] = None,
@@ -76,8 +80,8 @@ def simulate(
     from scenarios.outputs import write_outputs
 
     with clear_errors(ScenarioError, TwinInputError, ValueError):
-        if model not in ("ecm", "pybamm"):
-            raise ScenarioError("--model", [f"must be ecm or pybamm, got {model!r}"])
+        if model not in ("ecm", "pybamm", "fmu"):
+            raise ScenarioError("--model", [f"must be ecm, pybamm or fmu, got {model!r}"])
         scenario = _with_length(load_scenario(file), years, days)
         folder = resume or out or Path("out") / scenario.name
         folder.mkdir(parents=True, exist_ok=True)

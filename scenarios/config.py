@@ -39,6 +39,7 @@ __all__ = [
     "BmsConfig",
     "ChargerGroup",
     "EvConfig",
+    "FmuConfig",
     "GridConfig",
     "HouseholdConfig",
     "PackConfig",
@@ -291,6 +292,44 @@ class BmsConfig(_Model):
         return self
 
 
+class FmuConfig(_Model):
+    """A partner's cell model as an FMU, for ``--model fmu``.
+
+    The pack becomes one series string of FMU cells, one FMU instance per series group
+    (a group's parallel cells, and parallel strings, are taken as identical and share its
+    current). A virtual BMS (``[bms] enabled``) runs on top with the ECM of
+    ``pack.parameter_set`` as its own model, as a real BMS would with a plant it does not
+    know exactly.
+    """
+
+    path: str = Field(min_length=1, description="The .fmu file (relative to the working folder)")
+    mapping: dict[str, str | float] = Field(
+        default_factory=dict,
+        description="Variable roles (see twin.fmu.twin.FmuMapping); default: detected by name",
+    )
+    parameters: dict[str, float] = Field(
+        default_factory=dict, description="FMU parameter start values, the same for every cell"
+    )
+    spread_parameters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Second-life spread drawn per cell into FMU parameters: keys soh, "
+        "resistance_factor, ageing_rate_factor; values the FMU parameter names",
+    )
+    interface: Literal["auto", "CoSimulation", "ModelExchange"] = Field(
+        default="auto", description="FMI interface; auto prefers co-simulation"
+    )
+
+    @model_validator(mode="after")
+    def _spread_keys(self) -> Self:
+        allowed = {"soh", "resistance_factor", "ageing_rate_factor"}
+        bad = sorted(set(self.spread_parameters) - allowed)
+        if bad:
+            raise _FieldProblem(
+                "spread_parameters", f"keys must be among {', '.join(sorted(allowed))}, got {bad}"
+            )
+        return self
+
+
 class SiteConfig(_Model):
     """Where the system stands: weather data and the battery's surroundings."""
 
@@ -501,6 +540,9 @@ class _ScenarioBase(_Model):
     pv: PvConfig
     pack: PackConfig
     bms: BmsConfig = Field(default_factory=lambda: BmsConfig())
+    fmu: FmuConfig | None = Field(
+        default=None, description="An FMU cell model for --model fmu (see FmuConfig)"
+    )
     tariff: TariffConfig
     replacements: list[ReplacementEvent] = Field(
         default_factory=list, description="Cell or module swaps during the run"

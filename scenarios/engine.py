@@ -149,8 +149,11 @@ class _Run:
             seed=seed,
             bms=scenario.bms,
             pillar=1 if isinstance(scenario, Pillar1Scenario) else 2,
+            fmu=scenario.fmu,
         )
-        self.record_bms = scenario.bms.enabled and scenario.bms.record
+        self.record_bms = (
+            scenario.bms.enabled and scenario.bms.record and isinstance(self.storage, BmsStorage)
+        )
         self.capacity0_ah = float(self.storage.capacity_ah().sum())
         self.nominal_ah = self.params.nominal_capacity_ah * pack_cfg.n_cells
         self.energy0_wh = self.storage.stored_energy_wh()
@@ -541,13 +544,15 @@ def simulate(
             runs as fast as possible.
         checkpoint_path: Where to pickle the run state at the end of every simulated day.
         resume: Continue from ``checkpoint_path`` if it exists.
-        model: ``"ecm"`` (the pack cell by cell, compiled) or ``"pybamm"`` (one PyBaMM
-            cell for the pack; slow, see :class:`scenarios.storage.PybammStorage`).
+        model: ``"ecm"`` (the pack cell by cell, compiled), ``"pybamm"`` (one PyBaMM
+            cell for the pack; slow, see :class:`scenarios.storage.PybammStorage`) or
+            ``"fmu"`` (the scenario's ``[fmu]`` cell model, see
+            :class:`scenarios.fmu_storage.FmuStorage`).
     """
     seed = scenario.simulation.seed if seed is None else seed
-    if model == "pybamm" and (checkpoint_path is not None or resume):
+    if model in ("pybamm", "fmu") and (checkpoint_path is not None or resume):
         raise ValueError(
-            "checkpoints and --resume need --model ecm: the PyBaMM solver state cannot be saved"
+            f"checkpoints and --resume need --model ecm: the {model} state cannot be saved"
         )
     run: _Run | None = None
     if resume and checkpoint_path is not None and checkpoint_path.is_file():
@@ -675,8 +680,9 @@ def _summary(
             [float(d), float(s)] for d, s in zip(daily["day"], daily["soh_pack"], strict=True)
         ][:: max(1, len(daily["day"]) // 400)],
     }
-    if isinstance(run.storage, BmsStorage):
-        summary.update(run.storage.kpis())
+    kpis = getattr(run.storage, "kpis", None)
+    if kpis is not None:
+        summary.update(kpis())
     tariff = sc.tariff
     if isinstance(sc, Pillar2Scenario):
         net_kwh_import_without = (

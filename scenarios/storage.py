@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
-from scenarios.config import BmsConfig, PackConfig, ScenarioError
+from scenarios.config import BmsConfig, FmuConfig, PackConfig, ScenarioError
 from twin.models.base import FloatArray
 from twin.models.ecm import CellInit
 from twin.models.ecm_params import EcmParameters
@@ -472,18 +472,31 @@ def make_storage(
     seed: int,
     bms: BmsConfig | None = None,
     pillar: Literal[1, 2] = 2,
+    fmu: FmuConfig | None = None,
 ) -> Storage:
-    """The storage model named ``model`` (``"ecm"`` or ``"pybamm"``); with ``bms``
-    enabled, the ECM pack with a virtual BMS of ``pillar`` attached."""
+    """The storage model named ``model`` (``"ecm"``, ``"pybamm"`` or ``"fmu"``); with
+    ``bms`` enabled, the ECM pack (or the FMU string) with a virtual BMS of ``pillar``
+    attached."""
+    if model == "fmu":
+        if fmu is None:
+            raise ScenarioError(
+                "--model fmu", ["the scenario needs an [fmu] table naming the FMU (path = ...)"]
+            )
+        from scenarios.fmu_storage import FmuStorage
+
+        return FmuStorage(pack_cfg, params, fmu=fmu, seed=seed, bms=bms, pillar=pillar)
     if bms is not None and bms.enabled:
         if model != "ecm":
             raise ScenarioError(
                 f"--model {model}",
-                ["bms.enabled needs the cell-by-cell ECM pack: run it with --model ecm"],
+                [
+                    "bms.enabled needs the cell-by-cell ECM pack or an FMU: "
+                    "run it with --model ecm or fmu"
+                ],
             )
         return BmsStorage(pack_cfg, params, seed=seed, bms=bms, pillar=pillar)
     if model == "ecm":
         return EcmStorage(pack_cfg, params, seed=seed)
     if model == "pybamm":
         return PybammStorage(pack_cfg, params)
-    raise ScenarioError("--model", [f"must be ecm or pybamm, got {model!r}"])
+    raise ScenarioError("--model", [f"must be ecm, pybamm or fmu, got {model!r}"])

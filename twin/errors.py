@@ -7,3 +7,10 @@ class TwinInputError(ValueError):
 
 class ParameterSetError(TwinInputError):
     """A parameter set is unknown or its tables are invalid."""
+
+
+class FmuError(TwinInputError):
+    """An FMU cannot be read, is not supported here, or failed while running.
+
+    The message says which file, which variable or which call, and what to do.
+    """
