@@ -109,11 +109,12 @@ def run(
             f"(t = {result.time_s[0]:g} .. {result.time_s[-1]:g} s)"
         )
         return
-    typer.echo("output         first          last           min            max")
+    width = max(6, *(len(name) for name in result.outputs))
+    typer.echo(f"{'output':<{width}}  {'first':<12} {'last':<12} {'min':<12} max")
     for name, values_ in result.outputs.items():
         typer.echo(
-            f"{name:<14} {values_[0]:<14.6g} {values_[-1]:<14.6g} "
-            f"{values_.min():<14.6g} {values_.max():<14.6g}"
+            f"{name:<{width}}  {values_[0]:<12.6g} {values_[-1]:<12.6g} "
+            f"{values_.min():<12.6g} {values_.max():.6g}"
         )
 
 
