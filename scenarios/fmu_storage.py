@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from scenarios.config import BmsConfig, FmuConfig, PackConfig, ScenarioError
+from scenarios.storage import grid_exchange
 from twin.models.base import FloatArray
 from twin.models.ecm_params import EcmParameters
 from twin.pack_kernel import OUTPUT_COLUMNS, ControlLimits, control_request
@@ -185,13 +186,17 @@ class FmuStorage:
                 current = float(step.current_a.mean()) * self.n_parallel
                 dc_w = current * float(step.voltage_v.sum())
                 ac_w = dc_w * eta if dc_w > 0 else dc_w / eta
-                grid = net - ac_w
+                grid, unserved, curtailed = grid_exchange(
+                    net - ac_w,
+                    grid_limit_w=control.grid_limit_w,
+                    export_limit_w=control.export_limit_w,
+                )
                 row[_C["battery_ac_w"]] += ac_w
                 row[_C["battery_dc_w"]] += dc_w
                 row[_C["pack_current_a"]] += current
-                row[_C["grid_w"]] += min(max(grid, -control.export_limit_w), control.grid_limit_w)
-                row[_C["unserved_w"]] += max(grid - control.grid_limit_w, 0.0)
-                row[_C["pv_curtailed_w"]] += max(-control.export_limit_w - grid, 0.0)
+                row[_C["grid_w"]] += grid
+                row[_C["unserved_w"]] += unserved
+                row[_C["pv_curtailed_w"]] += curtailed
                 row[_C["inverter_loss_w"]] += abs(ac_w - dc_w)
                 row[_C["request_w"]] += request
                 v_lo, v_hi = (

@@ -59,6 +59,17 @@ class Storage(Protocol):
     def replace(self, cells: list[int], *, soh: float) -> None: ...
 
 
+def grid_exchange(
+    wanted_w: float, *, grid_limit_w: float, export_limit_w: float
+) -> tuple[float, float, float]:
+    """What the grid connection makes of the power the site wants from it (positive =
+    import): ``(grid_w, unserved_w, pv_curtailed_w)`` within the import and export limits.
+    """
+    unserved = max(wanted_w - grid_limit_w, 0.0)
+    curtailed = max(-export_limit_w - wanted_w, 0.0)
+    return min(max(wanted_w, -export_limit_w), grid_limit_w), unserved, curtailed
+
+
 class EcmStorage:
     """The second-life pack, cell by cell, stepped by the compiled kernel."""
 
@@ -268,10 +279,9 @@ class BmsStorage(EcmStorage):
                 energy = after
                 dc_w = float(step.current_a * step.voltage_v)
                 ac_w = dc_w * eta if dc_w > 0 else dc_w / eta
-                grid = net - ac_w
-                unserved = max(grid - grid_limit, 0.0)
-                curtailed = max(-export_limit - grid, 0.0)
-                grid = min(max(grid, -export_limit), grid_limit)
+                grid, unserved, curtailed = grid_exchange(
+                    net - ac_w, grid_limit_w=grid_limit, export_limit_w=export_limit
+                )
                 acc[_C["battery_ac_w"]] += ac_w
                 acc[_C["battery_dc_w"]] += dc_w
                 acc[_C["pack_current_a"]] += step.current_a
@@ -422,10 +432,9 @@ class PybammStorage:
             current = float(step.current_a[0])
             dc_w = p_dc  # step_power holds the step's mean power at the request
             ac_w = dc_w * eta if dc_w > 0 else dc_w / eta
-            grid = float(net_w[k]) - ac_w
-            unserved = max(grid - grid_limit, 0.0)
-            curtailed = max(-export_limit - grid, 0.0)
-            grid = min(max(grid, -export_limit), grid_limit)
+            grid, unserved, curtailed = grid_exchange(
+                float(net_w[k]) - ac_w, grid_limit_w=grid_limit, export_limit_w=export_limit
+            )
             v = float(step.voltage_v[0])
             t = float(step.surface_temperature_c[0])
             row = out[k]

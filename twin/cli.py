@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,23 +21,9 @@ app = typer.Typer(help="Battery twins: cells, packs, calibration, impedance.", n
 console = Console()
 
 
-_PACK_RE = re.compile(r"^(?:(\d+)x)?(\d+)s(\d+)p$")
-
-
 def parse_pack(spec: str, *, strings: int = 1) -> PackTopology:
-    """``"16s1p"`` or ``"4x14s2p"`` (four 14s2p modules in series), plus parallel strings."""
-    m = _PACK_RE.match(spec.strip().lower())
-    if not m:
-        raise TwinInputError(
-            f"cannot read pack {spec!r}; write e.g. '16s1p' or '4x14s2p' "
-            "(modules x series x parallel)"
-        )
-    return PackTopology(
-        modules_in_series=int(m[1] or 1),
-        groups_per_module=int(m[2]),
-        cells_per_group=int(m[3]),
-        strings_in_parallel=strings,
-    )
+    """``"16s1p"`` or ``"4x14s2p"``: see :meth:`twin.pack.PackTopology.parse`."""
+    return PackTopology.parse(spec, strings=strings)
 
 
 @app.command()

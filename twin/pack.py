@@ -18,6 +18,7 @@ active balancer moves charge from some cells (positive) to others (negative).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,9 @@ from twin.models.ecm import CellInit, EcmOptions, EcmTwin
 from twin.models.ecm_params import EcmParameters
 
 __all__ = ["Pack", "PackStep", "PackTopology", "SecondLifeSpread"]
+
+
+_PACK_RE = re.compile(r"^(?:(\d+)x)?(\d+)s(\d+)p$")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,26 @@ class PackTopology:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise TwinInputError(f"PackTopology.{name} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def parse(cls, spec: str, *, strings: int = 1) -> PackTopology:
+        """``"16s1p"`` or ``"4x14s2p"`` (four 14s2p modules in series), plus parallel strings.
+
+        Raises:
+            TwinInputError: A spec in another form, with an example of the right one.
+        """
+        m = _PACK_RE.match(spec.strip().lower())
+        if not m:
+            raise TwinInputError(
+                f"cannot read pack {spec!r}; write e.g. '16s1p' or '4x14s2p' "
+                "(modules x series x parallel)"
+            )
+        return cls(
+            modules_in_series=int(m[1] or 1),
+            groups_per_module=int(m[2]),
+            cells_per_group=int(m[3]),
+            strings_in_parallel=strings,
+        )
 
     @property
     def groups_per_string(self) -> int:

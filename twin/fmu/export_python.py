@@ -89,8 +89,8 @@ def export_python_fmu(
         TwinInputError: If the parameter set, pack wiring or initial state is invalid
             (the twin is built once here, so the FMU cannot fail on it later).
     """
-    from twin.cli import parse_pack
     from twin.fmu import ecm_slave
+    from twin.pack import PackTopology
     from twin.params import load_parameter_set
 
     out = Path(out)
@@ -109,7 +109,7 @@ def export_python_fmu(
         )
     init = init or CellInit()
     cell = load_parameter_set(params)
-    topology = None if pack is None else parse_pack(pack)
+    topology = None if pack is None else PackTopology.parse(pack)
     start = ecm_slave.FmuStartValues(
         soc_initial=_one_value(init.soc, name="soc", fmu_name="soc_initial"),
         temperature_initial=_one_value(

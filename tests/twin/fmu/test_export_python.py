@@ -25,11 +25,10 @@ from fmpy.fmi1 import FMICallException
 from fmpy.fmi2 import fmi2Discard
 from fmpy.validation import validate_fmu
 
-from twin.cli import parse_pack
 from twin.errors import FmuError
 from twin.fmu.export_python import export_python_fmu
 from twin.models.ecm import CellInit, EcmOptions, EcmTwin
-from twin.pack import Pack
+from twin.pack import Pack, PackTopology
 from twin.params import load_parameter_set
 
 PARAMS = "nmc_okane2022"  # 5 Ah NMC cell
@@ -184,7 +183,7 @@ def test_pack_fmu_matches_native_pack(pack_fmu: Path, tmp_path: Path) -> None:
     fmu = _run_fmu(pack_fmu, tmp_path, current_a=current, ambient_c=ambient)
     pack = Pack(
         load_parameter_set(PARAMS),
-        topology=parse_pack("4s2p"),
+        topology=PackTopology.parse("4s2p"),
         soc=0.8,
         temperature_c=25.0,
         options=OPTIONS,
