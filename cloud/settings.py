@@ -47,6 +47,8 @@ class CloudSettings(BaseSettings):
     token_rate_per_minute: int = Field(default=20, gt=0)
     estimator_interval_s: float = Field(default=300.0, ge=0)
     """How often the estimator scheduler looks for due work; 0 turns it off."""
+    fmu_max_bytes: int = Field(default=50 * 2**20, gt=0)
+    """The largest FMU the models exchange accepts (the seed's FMUs are about 5 MB)."""
 
     def broker_address(self) -> tuple[str, int] | None:
         """``(host, port)`` of an external broker, None for 'embedded' or 'none'."""
