@@ -9,6 +9,7 @@ import typer
 from cloud.analytics.cli import analyze
 from cloud.cli import app as cloud_app
 from cloud.estimators.eis_cli import app as eis_app
+from cloud.testbench.cli import app as bench_app
 from scenarios import cli as scenario_cli
 from twin.cli import app as twin_app
 from twin.fmu.cli import app as fmu_app
@@ -22,6 +23,7 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(bms_app, name="bms")
 app.add_typer(eis_app, name="eis")
 app.add_typer(fmu_app, name="fmu")
+app.add_typer(bench_app, name="bench")
 app.command()(scenario_cli.simulate)
 app.command()(scenario_cli.sweep)
 app.command()(analyze)

@@ -1,4 +1,5 @@
-"""``batterytwin cloud serve``, ``user add``, ``device add|password`` and ``broker-files``."""
+"""``batterytwin cloud serve``, ``user add|models-access``, ``device add|password`` and
+``broker-files``."""
 
 from __future__ import annotations
 
@@ -85,28 +86,44 @@ def add(
     ],
     role: Annotated[str, typer.Option(help="admin, manufacturer, operator, service or device.")],
     manufacturer_id: Annotated[int | None, typer.Option(help="For a manufacturer user.")] = None,
+    models_access: Annotated[
+        str, typer.Option(help="FMU models exchange: read, or write (upload, delete).")
+    ] = "read",
     db: Annotated[str | None, typer.Option(help="Database URL (default: SQLite file).")] = None,
 ) -> None:
     """Create a user (the password is stored as an argon2 hash)."""
-    from cloud.db import make_engine, session_factory
-    from cloud.migrate import upgrade
-    from cloud.settings import CloudSettings
     from cloud.users import add_user
 
-    with clear_errors(ValueError):
-        given: dict[str, Any] = {"database_url": db} if db else {}
-        settings = CloudSettings(**given)
-        engine = make_engine(settings.database_url)
-        upgrade(engine)
-        with session_factory(engine)() as session, session.begin():
-            user = add_user(
-                session,
-                username=username,
-                password=password,
-                role=role,
-                manufacturer_id=manufacturer_id,
-            )
-            typer.echo(f"created user {user.username!r} ({user.role.value}), id {user.id}")
+    with clear_errors(ValueError), _database(db) as (_, session):
+        user = add_user(
+            session,
+            username=username,
+            password=password,
+            role=role,
+            manufacturer_id=manufacturer_id,
+            models_access=models_access,
+        )
+        created = f"created user {user.username!r} ({user.role.value}), id {user.id}"
+    typer.echo(created)  # after the commit, and the engine is disposed of
+
+
+@user_app.command("models-access")
+def user_models_access(
+    username: Annotated[str, typer.Argument(help="User name.")],
+    access: Annotated[
+        str, typer.Argument(help="read (browse, download) or write (also upload, delete).")
+    ],
+    db: Annotated[str | None, typer.Option(help=_DB_HELP)] = None,
+) -> None:
+    """Set a user's access to the FMU models exchange (admins always write)."""
+    from cloud.models import Role
+    from cloud.users import set_models_access
+
+    with clear_errors(ValueError), _database(db) as (_, session):
+        user = set_models_access(session, username=username, access=access)
+        given, is_admin = user.models_access.value, user.role == Role.admin
+    note = " (an admin writes whatever this says)" if is_admin else ""
+    typer.echo(f"user {username!r} has {given} access to the models exchange{note}")
 
 
 @contextmanager
@@ -209,6 +226,7 @@ def broker_files(
 
     from cloud.models import Device
     from cloud.mqtt.credentials import MosquittoTlsListener, write_broker_files
+    from cloud.testbench.topics import bench_acl
 
     with clear_errors(ValueError), _database(db) as (settings, session):
         if (tls_certfile is None) != (tls_keyfile is None):
@@ -231,6 +249,8 @@ def broker_files(
             port=port,
             bind=bind,
             tls=tls,
+            # The service runs the virtual test bench too: its topics for the same user.
+            extra_acl={settings.mqtt_username: bench_acl()},
         )
         missing = session.scalars(
             select(Device.name).where(Device.mqtt_password_hash.is_(None)).order_by(Device.name)

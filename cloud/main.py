@@ -18,7 +18,8 @@ from sqlalchemy import text
 
 from cloud.activity import ActivityMiddleware, ActivityRecorder
 from cloud.api import analytics as analytics_api
-from cloud.api import auth, commands, devices, estimators, passport, uplink_http
+from cloud.api import auth, commands, devices, estimators, models_exchange, passport, uplink_http
+from cloud.api import testbench as testbench_api
 from cloud.api.crud import crud_router
 from cloud.api.measurements import measurement_router
 from cloud.api.resources import resources
@@ -28,6 +29,7 @@ from cloud.estimators.scheduler import Scheduler
 from cloud.metrics import render_metrics
 from cloud.migrate import upgrade
 from cloud.settings import CloudSettings
+from cloud.testbench.service import BenchService
 
 if TYPE_CHECKING:
     from cloud.mqtt.broker import AccountSource
@@ -41,12 +43,14 @@ def _embedded_accounts(app: FastAPI) -> tuple[str, SecretStr, AccountSource]:
     too); devices without a password cannot connect."""
     from cloud.mqtt.broker import INGEST_USER, hash_mosquitto_password
     from cloud.mqtt.credentials import database_account_source
+    from cloud.testbench.topics import bench_acl
 
     password = secrets.token_urlsafe(24)
     accounts = database_account_source(
         app.state.sessions,
         ingest_user=INGEST_USER,
         ingest_password_hash=hash_mosquitto_password(password),
+        extra_acl={INGEST_USER: bench_acl()},  # the service also runs the test bench
     )
     return INGEST_USER, SecretStr(password), accounts
 
@@ -93,6 +97,9 @@ def create_app(settings: CloudSettings) -> FastAPI:
                 app.state.ingest = await stack.enter_async_context(
                     IngestService(engine=engine, config=config)
                 )
+            app.state.bench = await stack.enter_async_context(
+                BenchService(engine=engine, endpoint=app.state.mqtt)
+            )
             loop_task = None
             if settings.estimator_interval_s > 0:
                 from cloud.estimators.service import scheduler_loop
@@ -130,6 +137,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.state.activity = ActivityRecorder(app.state.sessions)
     app.state.ingest = None  # set by the lifespan when MQTT is on
     app.state.mqtt = None
+    app.state.bench = None  # the test bench, set by the lifespan
     app.state.scheduler = Scheduler(engine, default_jobs())
 
     @app.exception_handler(RequestValidationError)
@@ -146,6 +154,8 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.include_router(estimators.router)
     app.include_router(passport.router)
     app.include_router(uplink_http.router)
+    app.include_router(models_exchange.router)
+    app.include_router(testbench_api.router)
     for res in resources():
         if res.path == "measurements":
             app.include_router(measurement_router(res))

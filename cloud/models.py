@@ -25,9 +25,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -47,6 +49,13 @@ class Role(enum.StrEnum):
     operator = "operator"
     service = "service"
     device = "device"
+
+
+class ModelsAccess(enum.StrEnum):
+    """What a user may do in the FMU models exchange (admins always write)."""
+
+    read = "read"  # browse and download
+    write = "write"  # also upload new versions and delete
 
 
 class BatteryStatus(enum.StrEnum):
@@ -70,6 +79,11 @@ class User(Base):
     )
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    models_access: Mapped[ModelsAccess] = mapped_column(
+        Enum(ModelsAccess, native_enum=False, length=10),
+        default=ModelsAccess.read,
+        server_default=ModelsAccess.read.value,
+    )
 
 
 class Manufacturer(Base):
@@ -495,6 +509,71 @@ class AnalyticsResult(Base):
     __table_args__ = (Index("ix_analytics_results_battery_time", "battery_id", "created_at"),)
 
 
+class FmuCategory(enum.StrEnum):
+    """Top folder of the models exchange: which kind of tests the FMUs simulate."""
+
+    performance_ageing = "performance_ageing"  # WP3: Performance and ageing tests
+    safety_reliability = "safety_reliability"  # WP4: Safety and reliability tests
+
+
+class FmuLevel(enum.StrEnum):
+    cell = "cell"
+    module = "module"
+    pack = "pack"
+
+
+class FmuKind(enum.StrEnum):
+    physics_based = "physics_based"
+    data_driven = "data_driven"
+
+
+class FmuModel(Base):
+    """One version of an FMU in the models exchange: its folder, name, checksum and parsed
+    modelDescription. The bytes are in :class:`FmuFile`, so listing never loads them;
+    ``deleted_at`` set means the version was deleted (and its :class:`FmuFile` with it)."""
+
+    __tablename__ = "fmu_models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    category: Mapped[FmuCategory] = mapped_column(Enum(FmuCategory, native_enum=False, length=30))
+    level: Mapped[FmuLevel] = mapped_column(Enum(FmuLevel, native_enum=False, length=10))
+    chemistry: Mapped[str] = mapped_column(String(50))  # slug: nmc, lfp, gen3b, solid_state
+    kind: Mapped[FmuKind] = mapped_column(Enum(FmuKind, native_enum=False, length=20))
+    test_name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ...: file TestName_v<version>.fmu
+    note: Mapped[str | None] = mapped_column(String(2000))
+    fmi_version: Mapped[str] = mapped_column(String(10))
+    model_name: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))  # hex
+    model_description: Mapped[dict[str, Any]] = mapped_column(JSON)  # FmuDescription.to_dict()
+    uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    uploaded_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # A deleted version keeps this row (its bytes go), so its number is never given again.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    __table_args__ = (
+        UniqueConstraint(
+            "category",
+            "level",
+            "chemistry",
+            "kind",
+            "test_name",
+            "version",
+            name="uq_fmu_models_folder_test_version",
+        ),
+    )
+
+
+class FmuFile(Base):
+    """The bytes of one :class:`FmuModel` (deleted with it)."""
+
+    __tablename__ = "fmu_files"
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("fmu_models.id", ondelete="CASCADE"), primary_key=True
+    )
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 __all__ = [
     "ActivityLog",
     "AnalyticsResult",
@@ -510,13 +589,62 @@ __all__ = [
     "EisRecord",
     "EstimatorRun",
     "Event",
+    "FmuCategory",
+    "FmuFile",
+    "FmuKind",
+    "FmuLevel",
+    "FmuModel",
     "IngestedMessage",
     "Manufacturer",
     "Material",
     "Measurement",
+    "ModelsAccess",
     "Module",
     "Role",
     "SafetyFeature",
     "SoxEstimate",
     "User",
 ]
+
+
+class BenchTest(Base):
+    """One test of the test bench (virtual or physical): the request, status and outcome
+    (``cloud.testbench``; status ``started`` -> ``in_progress`` -> ``completed``,
+    ``failed`` or ``stopped_by_safety``)."""
+
+    __tablename__ = "bench_tests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    test_type: Mapped[str] = mapped_column(String(30), index=True)
+    level: Mapped[str] = mapped_column(String(10))  # cell | module | pack
+    unit_under_test: Mapped[str] = mapped_column(String(100), index=True)
+    bench: Mapped[str] = mapped_column(String(10))  # virtual | physical
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    scheduled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    variables: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # name, unit, type
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    n_samples: Mapped[int] = mapped_column(Integer, default=0)
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class BenchTestChunk(Base):
+    """One ``seq``-numbered chunk of a bench test's samples (stored once per seq)."""
+
+    __tablename__ = "bench_test_chunks"
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
+    test_id: Mapped[int] = mapped_column(ForeignKey("bench_tests.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    t_start_s: Mapped[float] = mapped_column(Float)
+    t_end_s: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    data: Mapped[dict[str, list[Any]]] = mapped_column(JSON)  # variable -> values
+    __table_args__ = (Index("ix_bench_test_chunks_test_seq", "test_id", "seq", unique=True),)
+
+
+__all__ += ["BenchTest", "BenchTestChunk"]

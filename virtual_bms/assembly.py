@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -71,12 +72,30 @@ def _pybamm_source(
     return CellStringSource(twin, load=load, seed=seed)
 
 
+def _fmu_source(
+    path: Path, *, cells: int, soc: float, pillar: Literal[1, 2], seed: int
+) -> tuple[SensorSource, float]:
+    """A string of ``cells`` FMU cells (one instance each) and the cells' capacity in Ah
+    (from the FMU's capacity output; NaN when it has none)."""
+    from twin.fmu.twin import FmuTwin
+
+    twin = FmuTwin(path, n_cells=cells, initial_soc=soc)
+    capacities = twin.last_step.truth.capacity_ah
+    finite = capacities[np.isfinite(capacities)]
+    capacity_ah = float(finite.mean()) if finite.size else float("nan")
+    voltage_v = float(np.mean(twin.last_step.voltage_v))
+    energy = cells * (capacity_ah if np.isfinite(capacity_ah) else 5.0) * voltage_v
+    load = pillar_load(pillar, pack_energy_wh=energy, seed=seed)
+    return CellStringSource(twin, load=load, seed=seed), capacity_ah
+
+
 def twin_bms(
     *,
     device: str,
     pillar: Literal[1, 2],
     cells: int = 16,
-    twin: Literal["ecm", "pybamm"] = "ecm",
+    twin: Literal["ecm", "pybamm", "fmu"] = "ecm",
+    fmu: Path | None = None,
     parameters: str | None = None,
     capacity_ah: float | None = None,
     soc: float = 0.5,
@@ -91,8 +110,10 @@ def twin_bms(
         device: The device name.
         pillar: 1 (charging hub, EIS) or 2 (home storage).
         cells: Series cells (one voltage channel each).
-        twin: ``ecm`` (a pack with second-life spread) or ``pybamm`` (identical PyBaMM
-            cells, PyBaMM's own 5 Ah cell; slower).
+        twin: ``ecm`` (a pack with second-life spread), ``pybamm`` (identical PyBaMM
+            cells, PyBaMM's own 5 Ah cell; slower) or ``fmu`` (one instance of ``fmu`` per
+            cell; the BMS's own model is ``parameters`` at the FMU's capacity).
+        fmu: The cell FMU for ``twin="fmu"`` (see :class:`twin.fmu.twin.FmuTwin`).
         parameters: Cell parameter set the twin is made of and the BMS believes in; default
             ``nmc_eis_arc`` for Pillar 1 (its phase carries temperature, so SoT works) and
             ``nmc_okane2022`` for Pillar 2.
@@ -105,6 +126,16 @@ def twin_bms(
     """
     bms_config = BmsConfig(device=device, pillar=pillar, **config)
     parameters = parameters or DEFAULT_PARAMETERS[pillar]
+    if twin == "fmu":
+        if fmu is None:
+            raise ValueError("twin='fmu' needs the FMU file (--fmu)")
+        source, fmu_capacity_ah = _fmu_source(fmu, cells=cells, soc=soc, pillar=pillar, seed=seed)
+        believed = load_parameter_set(parameters)
+        if np.isfinite(fmu_capacity_ah):
+            believed = believed.scaled_to(fmu_capacity_ah)
+        return VirtualBms(
+            bms_config, source=source, parameters=believed, outbox=outbox, trace=trace
+        )
     if twin == "pybamm":
         params: EcmParameters = load_parameter_set("nmc_okane2022")
         energy = cells * 5.0 * 3.7

@@ -38,7 +38,10 @@ def run(
     device_id: Annotated[str, typer.Option(help="Device name (its topics and MQTT user).")],
     pillar: Annotated[int, typer.Option(min=1, max=2, help="1: charging hub; 2: home.")] = 2,
     cells: Annotated[int, typer.Option(min=1, max=4096, help="Cells in series.")] = 16,
-    twin: Annotated[str, typer.Option(help="ecm or pybamm.")] = "ecm",
+    twin: Annotated[str, typer.Option(help="ecm, pybamm or fmu (with --fmu).")] = "ecm",
+    fmu: Annotated[
+        Path | None, typer.Option(help="A cell FMU: one instance per cell (implies --twin fmu).")
+    ] = None,
     broker: Annotated[
         str | None,
         typer.Option(help="mqtt://user:password@host:port or mqtts://...; none: offline."),
@@ -81,8 +84,10 @@ def run(
     from virtual_bms.uplink import BrokerEndpoint
 
     with clear_errors(ValueError, OSError, RuntimeError):
-        if twin not in ("ecm", "pybamm"):
-            raise ValueError(f"--twin must be ecm or pybamm, got {twin!r}")
+        if fmu is not None:
+            twin = "fmu"
+        if twin not in ("ecm", "pybamm", "fmu"):
+            raise ValueError(f"--twin must be ecm, pybamm or fmu, got {twin!r}")
         duration_s = parse_duration_s(duration)
         endpoint = (
             BrokerEndpoint.from_url(broker, ca_file=str(ca_file) if ca_file else None)
@@ -99,7 +104,8 @@ def run(
             device=device_id,
             pillar=1 if pillar == 1 else 2,
             cells=cells,
-            twin="pybamm" if twin == "pybamm" else "ecm",
+            twin="pybamm" if twin == "pybamm" else "fmu" if twin == "fmu" else "ecm",
+            fmu=fmu,
             parameters=parameters,
             seed=seed,
             outbox=box,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from cloud.models import Device
 from cloud.mqtt.broker import (
     INGEST_USER,
     AccountSource,
+    AclRules,
     BrokerAccounts,
     device_acl,
     hash_mosquitto_password,
@@ -65,8 +67,12 @@ def broker_accounts(
     ingest_user: str = INGEST_USER,
     ingest_password_hash: str,
     topics: Topics | None = None,
+    extra_acl: Mapping[str, AclRules] | None = None,
 ) -> BrokerAccounts:
     """Every device's password hash and the :func:`device_acl` rules, plus the ingest's.
+
+    ``extra_acl`` adds rules to named users (the cloud service's user also runs the test
+    bench: :func:`cloud.testbench.topics.bench_acl`).
 
     Devices without a hash get ACL rules but no password, so they cannot log in. A device
     whose name is not a valid topic level, or is the ingest's user name, is left out (with
@@ -86,6 +92,12 @@ def broker_accounts(
             continue
         hashes[name] = hashed
     acl = device_acl(hashes, ingest_user=ingest_user, topics=topics)
+    for user, extra in (extra_acl or {}).items():
+        rules = acl.get(user, AclRules())
+        acl[user] = AclRules(
+            publish=(*rules.publish, *extra.publish),
+            subscribe=(*rules.subscribe, *extra.subscribe),
+        )
     passwords = {name: hashed for name, hashed in hashes.items() if hashed is not None}
     passwords[ingest_user] = ingest_password_hash
     return BrokerAccounts(passwords=passwords, acl=acl)
@@ -97,6 +109,7 @@ def database_account_source(
     ingest_user: str = INGEST_USER,
     ingest_password_hash: str,
     topics: Topics | None = None,
+    extra_acl: Mapping[str, AclRules] | None = None,
     max_age_s: float = 5.0,
 ) -> AccountSource:
     """Accounts for :class:`~cloud.mqtt.broker.EmbeddedBroker`, read from the database.
@@ -112,6 +125,7 @@ def database_account_source(
                 ingest_user=ingest_user,
                 ingest_password_hash=ingest_password_hash,
                 topics=topics,
+                extra_acl=extra_acl,
             )
 
     return AccountSource(load, max_age_s=max_age_s, retry_s=min(0.5, max_age_s))
@@ -145,6 +159,7 @@ def write_broker_files(
     port: int = 1883,
     bind: str = "127.0.0.1",
     tls: MosquittoTlsListener | None = None,
+    extra_acl: Mapping[str, AclRules] | None = None,
 ) -> Path:
     """Write ``passwd``, ``acl`` and ``mosquitto.conf`` for Mosquitto into ``directory``.
 
@@ -162,6 +177,7 @@ def write_broker_files(
         ingest_user=ingest_user,
         ingest_password_hash=hash_mosquitto_password(ingest_password),
         topics=topics,
+        extra_acl=extra_acl,
     )
     files = write_mosquitto_files(directory, password_hashes=accounts.passwords, acl=accounts.acl)
     (directory / "persistence").mkdir(exist_ok=True)

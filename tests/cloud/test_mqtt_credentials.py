@@ -370,6 +370,10 @@ def test_cli_adds_devices_rotates_passwords_and_writes_broker_files(
     acl = (out / "acl").read_text()
     assert "user bms-7\ntopic write batterytwin/v1/devices/bms-7/telemetry\n" in acl
     assert "user cloud-ingest\n" in acl
+    # The service's user also runs the virtual test bench: its topics are in its rules.
+    ingest_rules = acl.split("user cloud-ingest\n", 1)[1].split("\nuser ", 1)[0]
+    assert "batterytwin/testbench/requests" in ingest_rules
+    assert "batterytwin/testbench/results/+" in ingest_rules
     conf = (out / "mosquitto.conf").read_text()
     assert "listener 18830 127.0.0.1\n" in conf and f"password_file {out / 'passwd'}\n" in conf
     assert "8883" not in conf  # no TLS listener unless asked for
