@@ -41,7 +41,9 @@ def test_bad_scenario_file_names_file_field_and_range(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", HOME, "--days", "1", "--years", "1"])
     assert result.exit_code == 2 and "not both" in result.output
     result = runner.invoke(app, ["simulate", HOME, "--days", "1", "--model", "dfn"])
-    assert result.exit_code == 2 and "--model: must be ecm, pybamm or fmu, got 'dfn'" in result.output
+    assert (
+        result.exit_code == 2 and "--model: must be ecm, pybamm or fmu, got 'dfn'" in result.output
+    )
 
 
 def test_killed_run_resumes_from_its_folder(tmp_path: Path) -> None:
