@@ -14,6 +14,7 @@ from scenarios import cli as scenario_cli
 from twin.cli import app as twin_app
 from twin.fmu.cli import app as fmu_app
 from virtual_bms.cli import app as bms_app
+from virtual_bms.fleet.cli import fleet
 
 app = typer.Typer(
     help="batterytwin: digital twins of second-life battery storage.", no_args_is_help=True
@@ -27,6 +28,7 @@ app.add_typer(bench_app, name="bench")
 app.command()(scenario_cli.simulate)
 app.command()(scenario_cli.sweep)
 app.command()(analyze)
+app.command()(fleet)
 
 
 def main() -> None:

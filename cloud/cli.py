@@ -1,5 +1,5 @@
-"""``batterytwin cloud serve``, ``user add|models-access``, ``device add|password`` and
-``broker-files``."""
+"""``batterytwin cloud serve``, ``ingest``, ``user add|models-access``,
+``device add|add-many|password`` and ``broker-files``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ def serve(
     access_log: Annotated[
         bool, typer.Option(help="Log every request to stderr (the activity log has them).")
     ] = False,
+    ingest: Annotated[
+        bool | None,
+        typer.Option(
+            "--ingest/--no-ingest",
+            help="Run the MQTT ingest in the API process (default: BATTERYTWIN_INGEST_IN_API, "
+            "on); --no-ingest when 'batterytwin cloud ingest' runs it.",
+        ),
+    ] = None,
 ) -> None:
     """Run the REST API (migrations apply on start)."""
     import uvicorn
@@ -46,11 +54,22 @@ def serve(
 
     with clear_errors(ValueError):
         overrides: dict[str, Any] = {
-            k: v for k, v in (("database_url", db), ("broker", broker)) if v is not None
+            k: v
+            for k, v in (("database_url", db), ("broker", broker), ("ingest_in_api", ingest))
+            if v is not None
         }
         settings = CloudSettings(**overrides)
         if (certfile is None) != (keyfile is None):
             raise ValueError("give both --certfile and --keyfile for HTTPS")
+        if workers > 1 and settings.broker != "none" and settings.ingest_in_api:
+            # N ingests under one client id would take the session from each other in turn,
+            # and uvicorn's workers have no fixed index to give each its own for good
+            raise ValueError(
+                f"--workers {workers} would start {workers} in-process MQTT ingests under the "
+                "same client id, which keep taking the broker session from each other: serve "
+                f"with 'cloud serve --workers {workers} --no-ingest' and run the ingest beside "
+                "it with 'batterytwin cloud ingest --workers N' (docs/cloud.md, Scaling out)"
+            )
     tls: dict[str, Any] = {
         "ssl_certfile": certfile,
         "ssl_keyfile": keyfile,
@@ -60,11 +79,12 @@ def serve(
         uvicorn.run(create_app(settings), host=host, port=port, **tls)
         return
     # Several processes build their apps from the same settings, passed by environment.
-    # Each worker runs its own ingest, so MQTT needs an external broker here.
+    # Each worker runs its own command publisher, so MQTT needs an external broker here.
     if settings.broker == "embedded":
         raise typer.BadParameter("--workers > 1 needs --broker mqtt://... or --broker none")
     import os
 
+    settings = settings.model_copy(update={"api_workers": workers})
     for key, value in settings.model_dump().items():
         if value is not None:
             os.environ[f"BATTERYTWIN_{key.upper()}"] = str(value)
@@ -76,6 +96,145 @@ def serve(
         workers=workers,
         **tls,
     )
+
+
+@app.command("ingest")
+def ingest_command(
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Ingest worker processes sharing the stream.")
+    ] = 1,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT shared subscription group; every worker, on any machine, that joins it "
+            "gets a share of the messages (default with --workers > 1: batterytwin-ingest)."
+        ),
+    ] = None,
+    first_index: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Index of this machine's first worker: client ids are batterytwin-ingest-K, "
+            "so another machine in the same group starts where this one ends.",
+        ),
+    ] = 0,
+    db: Annotated[str | None, typer.Option(help=_DB_HELP)] = None,
+    broker: Annotated[str | None, typer.Option(help="mqtt://host:port or mqtts://...")] = None,
+    summary_every_s: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between each worker's summary line.")
+    ] = 10.0,
+    retire: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CLIENT_ID",
+            help="Instead of running: take this client id (a worker no longer run) out of the "
+            "group, store what the broker still holds for it, end its session, and exit.",
+        ),
+    ] = None,
+    worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run the MQTT ingest outside the API: worker processes under a supervisor.
+
+    Settings (database, broker, MQTT login and TLS) come from BATTERYTWIN_* as for
+    'cloud serve'. A worker that dies is restarted under the same client id; SIGINT or
+    SIGTERM stops them all, each storing the batch in hand first.
+    """
+    import logging
+
+    from cloud.mqtt.ingest import IngestError
+    from cloud.mqtt.ingest_workers import DEFAULT_GROUP, ingest_config, worker_client_id
+    from cloud.settings import CloudSettings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration plugin
+    with clear_errors(ValueError, IngestError):
+        overrides: dict[str, Any] = {
+            k: v for k, v in (("database_url", db), ("broker", broker)) if v is not None
+        }
+        settings = CloudSettings(**overrides)
+        if worker_index is not None:  # one worker, started by the supervisor below
+            import os
+
+            from cloud.mqtt.ingest_workers import run_worker
+
+            config = ingest_config(
+                settings,
+                client_id=worker_client_id(worker_index, shared=group is not None),
+                shared_group=group,
+            )
+            run_worker(
+                database_url=settings.database_url,
+                config=config,
+                summary_every_s=summary_every_s,
+                supervisor_pid=os.getppid(),
+            )
+            return
+        if retire is not None:
+            _retire(settings, client_id=retire, group=group or DEFAULT_GROUP)
+            return
+        shared = workers > 1 or group is not None or first_index > 0
+        indices = range(first_index, first_index + workers)
+        worker_client_id(indices[-1], shared=shared)  # a clear error for too high an index
+        ingest_config(settings, client_id="check", shared_group=group)  # and a broker
+        _supervise(
+            settings,
+            indices=indices,
+            group=(group or DEFAULT_GROUP) if shared else None,
+            summary_every_s=summary_every_s,
+        )
+
+
+def _settings_environment(settings: CloudSettings) -> dict[str, str]:
+    """This process's environment with ``settings`` as ``BATTERYTWIN_*`` variables."""
+    import os
+
+    env = dict(os.environ)
+    for key, value in settings.model_dump().items():
+        if value is not None:
+            env[f"BATTERYTWIN_{key.upper()}"] = str(value)
+    return env
+
+
+def _supervise(
+    settings: CloudSettings, *, indices: range, group: str | None, summary_every_s: float
+) -> None:
+    """Migrate the database once, then run one worker process per index until a signal."""
+    import sys
+
+    from cloud.mqtt.ingest_workers import IngestSupervisor
+
+    _migrate(settings)
+
+    def command(index: int) -> list[str]:
+        line = [sys.executable, "-m", "batterytwin", "cloud", "ingest"]
+        line += ["--worker-index", str(index), "--summary-every-s", str(summary_every_s)]
+        return line + (["--group", group] if group is not None else [])
+
+    IngestSupervisor(command=command, indices=indices, env=_settings_environment(settings)).run()
+
+
+def _migrate(settings: CloudSettings) -> None:
+    """Bring the database's schema up to date (once, before any ingest writes)."""
+    from cloud.db import make_engine
+    from cloud.migrate import upgrade
+
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _retire(settings: CloudSettings, *, client_id: str, group: str) -> None:
+    """``cloud ingest --retire``: drain and end one client id's session."""
+    from cloud.mqtt.ingest_workers import format_summary, ingest_config, retire_client
+
+    config = ingest_config(settings, client_id=client_id, shared_group=group)
+    _migrate(settings)
+    counters = retire_client(database_url=settings.database_url, config=config, idle_s=2.0)
+    typer.echo(format_summary(counters, label=f"retired {client_id}"))
 
 
 @user_app.command("add")
@@ -203,6 +362,43 @@ def device_password(
             )
         password = issue_device_password(session, device)
     _show_password(name, password, f"new password for device {name!r}")
+
+
+@device_app.command("add-many")
+def device_add_many(
+    prefix: Annotated[str, typer.Option(help="Name prefix: devices are {prefix}{i:05d}.")],
+    count: Annotated[int, typer.Option(help="How many devices (1..20,000).")],
+    start: Annotated[int, typer.Option(help="Index of the first device.")] = 0,
+    pillar: Annotated[int, typer.Option(help="1: ECM/EIS, 2: cloud SoH.")] = 1,
+    cells: Annotated[int, typer.Option(help="Cells per battery, positions 0..cells-1.")] = 16,
+    out: Annotated[
+        Path | None, typer.Option(help="CSV file for name,password,device_id (else stdout).")
+    ] = None,
+    db: Annotated[str | None, typer.Option(help=_DB_HELP)] = None,
+) -> None:
+    """Register many devices for a fleet load test, each with a battery, a module, cells
+    and an MQTT password (an existing name gets a new password), and print them as CSV."""
+    import csv
+    import io
+    import os
+
+    from cloud.fleet_provision import provision_devices
+
+    with clear_errors(ValueError), _database(db) as (_, session):
+        devices = provision_devices(
+            session, prefix=prefix, count=count, start=start, pillar=pillar, cells=cells
+        )
+    text = io.StringIO()  # after the commit: the passwords work now
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["name", "password", "device_id"])
+    writer.writerows((d.name, d.password, d.device_id) for d in devices)
+    if out is None:
+        typer.echo(text.getvalue(), nl=False)
+    else:  # passwords: readable by the owner only
+        with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+            file.write(text.getvalue())
+    where = f" to {out}" if out else ""
+    typer.echo(f"{len(devices)} devices {prefix}... with their MQTT passwords{where}", err=True)
 
 
 @app.command("broker-files")

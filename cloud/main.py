@@ -19,6 +19,7 @@ from sqlalchemy import text
 from cloud.activity import ActivityMiddleware, ActivityRecorder
 from cloud.api import analytics as analytics_api
 from cloud.api import auth, commands, devices, estimators, models_exchange, passport, uplink_http
+from cloud.api import fleet as fleet_api
 from cloud.api import testbench as testbench_api
 from cloud.api.crud import crud_router
 from cloud.api.measurements import measurement_router
@@ -29,7 +30,7 @@ from cloud.estimators.scheduler import Scheduler
 from cloud.metrics import render_metrics
 from cloud.migrate import upgrade
 from cloud.settings import CloudSettings
-from cloud.testbench.service import BenchService
+from cloud.testbench.service import BenchConfig, BenchService
 
 if TYPE_CHECKING:
     from cloud.mqtt.broker import AccountSource
@@ -87,18 +88,25 @@ def create_app(settings: CloudSettings) -> FastAPI:
                     tls=settings.mqtt_tls(),
                 )
                 app.state.mqtt = endpoint  # the command publisher connects with it
-                config = IngestConfig(
-                    host=endpoint.host,
-                    port=endpoint.port,
-                    username=endpoint.username,
-                    password=endpoint.password,
-                    tls=endpoint.tls,
-                )
-                app.state.ingest = await stack.enter_async_context(
-                    IngestService(engine=engine, config=config)
-                )
+                if settings.ingest_in_api:  # else `batterytwin cloud ingest` runs beside
+                    config = IngestConfig(
+                        host=endpoint.host,
+                        port=endpoint.port,
+                        username=endpoint.username,
+                        password=endpoint.password,
+                        tls=endpoint.tls,
+                    )
+                    app.state.ingest = await stack.enter_async_context(
+                        IngestService(engine=engine, config=config)
+                    )
             app.state.bench = await stack.enter_async_context(
-                BenchService(engine=engine, endpoint=app.state.mqtt)
+                BenchService(
+                    engine=engine,
+                    endpoint=app.state.mqtt,
+                    config=BenchConfig(
+                        shared_group="batterytwin-bench" if settings.api_workers > 1 else None
+                    ),
+                )
             )
             loop_task = None
             if settings.estimator_interval_s > 0:
@@ -151,6 +159,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(commands.router)
     app.include_router(devices.router)
+    app.include_router(fleet_api.router)
     app.include_router(estimators.router)
     app.include_router(passport.router)
     app.include_router(uplink_http.router)

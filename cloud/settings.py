@@ -49,6 +49,12 @@ class CloudSettings(BaseSettings):
     """How often the estimator scheduler looks for due work; 0 turns it off."""
     fmu_max_bytes: int = Field(default=50 * 2**20, gt=0)
     """The largest FMU the models exchange accepts (the seed's FMUs are about 5 MB)."""
+    api_workers: int = Field(default=1, ge=1, le=64)
+    """API processes serving this app (``serve --workers N`` sets it): with more than one,
+    the test bench shares its MQTT topics among them."""
+    ingest_in_api: bool = True
+    """Run the MQTT ingest inside the API process; False when ``batterytwin cloud ingest``
+    runs it beside the API (needed for ``cloud serve --workers N`` with N > 1)."""
 
     def broker_address(self) -> tuple[str, int] | None:
         """``(host, port)`` of an external broker, None for 'embedded' or 'none'."""
@@ -84,6 +90,16 @@ class CloudSettings(BaseSettings):
             )
         if len(self.jwt_secret) < 32:
             raise ValueError("BATTERYTWIN_JWT_SECRET must be at least 32 characters (HS256 key)")
+        return self
+
+    @model_validator(mode="after")
+    def _ingest_elsewhere_needs_an_external_broker(self) -> CloudSettings:
+        if not self.ingest_in_api and self.broker == "embedded":
+            raise ValueError(
+                "the ingest can run outside the API (ingest_in_api false, --no-ingest) only "
+                "with an external broker: nothing else can log in to the embedded one, so "
+                "devices' messages would be dropped; use --broker mqtt://host[:port]"
+            )
         return self
 
     @model_validator(mode="after")

@@ -41,6 +41,7 @@ __all__ = [
     "broker_accounts",
     "database_account_source",
     "issue_device_password",
+    "new_device_password",
     "write_broker_files",
 ]
 
@@ -54,11 +55,16 @@ def issue_device_password(session: Session, device: Device) -> str:
     Only the hash is stored; the previous password stops working once the session commits
     (Mosquitto: once its files are written again and it reloads them).
     """
-    password = secrets.token_urlsafe(_PASSWORD_BYTES)
-    device.mqtt_password_hash = hash_mosquitto_password(password)
+    password, device.mqtt_password_hash = new_device_password()
     session.flush()
     _log.info("issued a new MQTT password for device %r", device.name)
     return password
+
+
+def new_device_password() -> tuple[str, str]:
+    """A new random MQTT password and its Mosquitto ``$7$`` hash (the one to store)."""
+    password = secrets.token_urlsafe(_PASSWORD_BYTES)
+    return password, hash_mosquitto_password(password)
 
 
 def broker_accounts(

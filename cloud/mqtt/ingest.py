@@ -8,6 +8,12 @@ transaction holding it has committed; a redelivery after a crash is recognised b
 and stored nothing twice. Whatever breaks the contract goes to ``dead_letters`` with the
 reason, and the stream goes on.
 
+Several ingest processes share the stream with ``shared_group``: each subscribes with
+``$share/{group}/{filter}`` under its own client id, and the broker hands every message to
+one of them. Mosquitto 2.0 keeps a worker's share (in flight and new) in that worker's
+session while it is down, so a worker must come back with the same client id
+(:mod:`cloud.mqtt.ingest_workers` restarts it) or be retired (:meth:`IngestService.retire`).
+
 Example::
 
     service = IngestService(engine=engine, config=IngestConfig(host="broker", port=1883))
@@ -140,12 +146,33 @@ class IngestConfig(BaseModel):
     """On PostgreSQL, write measurements with COPY (else executemany)."""
     tls: MqttTls | None = None
     """Connect over TLS, verifying the broker against a CA (port 8883, usually); None: plain."""
+    shared_group: str | None = None
+    """Subscribe as a member of this MQTT shared subscription group (``$share/{group}/...``),
+    so that the broker splits the messages between the group's clients; each member needs
+    its own ``client_id``. None: one ingest receives every message."""
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> IngestConfig:
         if self.password is not None and self.username is None:
             raise ValueError("a password without a username is ignored by MQTT: set username")
         return self
+
+    @model_validator(mode="after")
+    def _plain_group_name(self) -> IngestConfig:
+        group = self.shared_group
+        if group is not None and (not group or any(c in group for c in "/+#")):
+            raise ValueError(
+                f"shared_group must be a non-empty name without '/', '+' or '#' (it becomes "
+                f"$share/<group>/...), got {group!r}"
+            )
+        return self
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters the ingest subscribes to, one per uplink channel."""
+        plain = [self.topics.subscription(channel) for channel in UPLINK_CHANNELS]
+        if self.shared_group is None:
+            return plain
+        return [f"$share/{self.shared_group}/{topic}" for topic in plain]
 
 
 @dataclass
@@ -357,7 +384,54 @@ class IngestService:
         if task is not None:
             await task
 
-    def _client(self) -> aiomqtt.Client:
+    async def retire(self, *, idle_s: float = 2.0) -> None:
+        """Take this client id out of service for good (fewer ingest workers than before).
+
+        The broker keeps giving a stopped member of a shared group its share of the
+        messages, in its session, until the same client id returns. Retiring resumes that
+        session, unsubscribes (from then on the other members get everything), stores what
+        the session still held, in flight and queued, until nothing has arrived for
+        ``idle_s``, and ends the session. Run it only while no other process uses the
+        client id, and not while this service runs.
+
+        Raises:
+            RuntimeError: If the service is running.
+            aiomqtt.MqttError: If the broker cannot be reached.
+        """
+        if self._task is not None:
+            raise RuntimeError("stop the ingest before retiring its client id")
+        cfg = self._config
+        plain = [cfg.topics.subscription(channel) for channel in UPLINK_CHANNELS]
+        filters = list(dict.fromkeys([*plain, *cfg.subscriptions()]))
+        async with self._client() as client:
+            unsubscribed = asyncio.Event()
+            # reading goes on while the broker answers, as in _session
+            drain = asyncio.create_task(self._drain(client, idle_s=idle_s, after=unsubscribed))
+            try:
+                await client.unsubscribe(filters)
+                unsubscribed.set()
+                await drain
+            finally:
+                if not drain.done():
+                    drain.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await drain
+        async with self._client(clean_session=True):
+            pass  # a clean connection ends the persistent session
+        _log.info("MQTT ingest client id %s retired: it has no session any more", cfg.client_id)
+
+    async def _drain(self, client: aiomqtt.Client, *, idle_s: float, after: asyncio.Event) -> None:
+        """Store what arrives until ``after`` is set and nothing came for ``idle_s``."""
+        while True:
+            first = await _next_message(client, timeout_s=idle_s)
+            if first is None:
+                if after.is_set():
+                    return
+                continue
+            batch = [first, *_take_waiting(client, self._config.batch_size - 1)]
+            await self._flush(client, batch)
+
+    def _client(self, *, clean_session: bool = False) -> aiomqtt.Client:
         cfg = self._config
         client = aiomqtt.Client(
             cfg.host,
@@ -365,7 +439,7 @@ class IngestService:
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
             identifier=cfg.client_id,
-            clean_session=False,
+            clean_session=clean_session,
             keepalive=cfg.keepalive_s,
             timeout=cfg.connect_timeout_s,
             tls_context=tls_context(cfg.tls) if cfg.tls else None,
@@ -380,11 +454,10 @@ class IngestService:
         Reading starts before the SUBSCRIBE: a resumed session's queued messages arrive right
         after the CONNACK, and a broker may answer the SUBSCRIBE only once they are acked.
         """
-        topics = self._config.topics
         async with self._client() as client:
             consumer = asyncio.create_task(self._consume(client))
             try:
-                wanted = [topics.subscription(channel) for channel in UPLINK_CHANNELS]
+                wanted = self._config.subscriptions()
                 granted: Sequence[int | ReasonCode] = await client.subscribe(
                     [(topic, 1) for topic in wanted]
                 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,8 @@ class MqttLink:
         endpoint: The broker and the service's user there.
         topics: The bench's topic names.
         client_id: Fixed, so the broker keeps the session (queued requests) across restarts.
+        shared_group: With several API processes: subscribe as ``$share/{group}/...`` with
+            a clean session per process, so each request and result reaches one of them.
         on_message: Called with ``(topic, payload)`` for each message, one at a time.
         connect_timeout_s: How long :meth:`start` waits for the subscription.
         reconnect_delay_s: First wait before reconnecting (doubles up to
@@ -58,10 +61,16 @@ class MqttLink:
         connect_timeout_s: float = 10.0,
         reconnect_delay_s: float = 0.5,
         reconnect_delay_max_s: float = 30.0,
+        shared_group: str | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._topics = topics
-        self._client_id = client_id
+        # Several API processes: each its own short-lived session in a shared group
+        # (a fixed client id would be taken from one process by the next).
+        self._shared_group = shared_group
+        self._client_id = (
+            client_id if shared_group is None else f"{client_id[:14]}-{os.getpid()}"[:23]
+        )
         self._on_message = on_message
         self._connect_timeout_s = connect_timeout_s
         self._delay_s = reconnect_delay_s
@@ -148,7 +157,7 @@ class MqttLink:
             username=e.username,
             password=e.password.get_secret_value() if e.password else None,
             identifier=self._client_id,
-            clean_session=False,
+            clean_session=self._shared_group is not None,
             timeout=self._connect_timeout_s,
             tls_context=tls_context(e.tls) if e.tls else None,
         )
@@ -189,6 +198,8 @@ class MqttLink:
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         t = self._topics
         wanted = [t.requests, t.results_filter]
+        if self._shared_group is not None:
+            wanted = [f"$share/{self._shared_group}/{topic}" for topic in wanted]
         granted: Any = await client.subscribe([(topic, 1) for topic in wanted])
         refused = [topic for topic, code in zip(wanted, granted, strict=True) if _refused(code)]
         if refused:

@@ -66,6 +66,11 @@ class BenchConfig(BaseModel):
     benches: int = Field(default=1, ge=1, le=64)
     """Virtual benches: tests that run at the same time (each in its own thread)."""
     client_id: str = Field(default="batterytwin-bench", min_length=1, max_length=23)
+    shared_group: str | None = None
+    """Set when several API processes run a bench each (``serve --workers N``): they share
+    the bench topics as ``$share/{group}/...`` with a clean session per process. MQTT
+    requests published while no process is connected are then not kept; REST requests
+    are (the test is recorded first and resumed at the next start)."""
     chunk_samples: int = Field(default=250, ge=1, le=10_000)
     chunk_interval_s: float = Field(default=1.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -114,6 +119,7 @@ class BenchService:
                 endpoint=endpoint,
                 topics=self._topics,
                 client_id=self._config.client_id,
+                shared_group=self._config.shared_group,
                 on_message=self._on_message,
                 connect_timeout_s=self._config.connect_timeout_s,
             )
