@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import csv
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -72,7 +73,10 @@ class FleetOptions:
         seed: Seed of the fleet's cells and loads.
         speed: Twin seconds per wall second.
         drain_s: Longest wait for the fleet's outboxes to empty at the end.
-        settle_s: Wait after the drain for the ingest to store the tail.
+        settle_s: Longest wait after the drain for the ingest to store what the broker
+            still holds (it ends early once the sampled devices are fully stored, or when
+            nothing new was stored for ``stall_s``).
+        stall_s: See ``settle_s``.
         topics: Topic names.
     """
 
@@ -95,7 +99,8 @@ class FleetOptions:
     seed: int = 0
     speed: float = 1.0
     drain_s: float = 120.0
-    settle_s: float = 30.0
+    settle_s: float = 600.0
+    stall_s: float = 30.0
     topics: Topics = field(default_factory=Topics)
 
     def broker(self) -> tuple[str, int]:
@@ -196,6 +201,27 @@ async def _cell_ids(cloud: CloudClient, *, limit: int = 200) -> list[int]:
     return []
 
 
+async def _settle(
+    probe: StoredProbe, runner: FleetRunner, *, settle_s: float, stall_s: float
+) -> float:
+    """Wait until the sampled devices' last published messages are stored (the ingest
+    has caught up with what the broker holds); the seconds waited."""
+    started = time.monotonic()
+    last_seq = {i: int(runner.next_seq[i]) - 1 for i in probe.indices}
+    seen = probe.seen_count
+    progress_at = started
+    while time.monotonic() - started < settle_s:
+        if all(probe.mark_of(i) >= s for i, s in last_seq.items()):
+            break
+        await asyncio.sleep(0.5)
+        if probe.seen_count != seen:
+            seen, progress_at = probe.seen_count, time.monotonic()
+        elif time.monotonic() - progress_at > stall_s:
+            _log.warning("nothing new stored for %.0f s: accounting now", stall_s)
+            break
+    return time.monotonic() - started
+
+
 async def run_fleet(
     options: FleetOptions,
     *,
@@ -262,12 +288,13 @@ async def run_fleet(
         cell_ids = await _cell_ids(cloud)
         stop = asyncio.Event()
         started = time.time()
-        with CpuSampler(dict(options.cpu_groups)) as cpu:
+        with CpuSampler(dict(options.cpu_groups), children=True) as cpu:
             probe_task = asyncio.create_task(probe.run(stop))
             api_task = asyncio.create_task(
                 _api_load(cloud, users=options.api_users, stop=stop, cell_ids=cell_ids)
             )
             drill: asyncio.Task[None] | None = None
+            settled_s = math.nan
             try:
                 if during is not None:
 
@@ -278,7 +305,9 @@ async def run_fleet(
 
                     drill = asyncio.create_task(drills())
                 records = await runner.run(on_second=on_second)
-                await asyncio.sleep(options.settle_s)
+                settled_s = await _settle(
+                    probe, runner, settle_s=options.settle_s, stall_s=options.stall_s
+                )
             finally:
                 stop.set()
                 await probe_task
@@ -301,6 +330,7 @@ async def run_fleet(
         after=after,
         cpu_samples=cpu_samples,
         cpu_started_s=cpu_started_s,
+        settled_s=settled_s,
         api_samples=api_samples,
         started_s=started,
         ended_s=ended,
@@ -409,6 +439,7 @@ def _report(**parts: Any) -> dict[str, Any]:
         else None,
         "api_p95_ms_under_load": (report.get("api") or {}).get("p95_ms"),
         "latency_resolution_s": options.probe_interval_s,
+        "ingest_catch_up_s": parts["settled_s"],
     }
     if options.report_dir is not None:
         write_report(report, options.report_dir)

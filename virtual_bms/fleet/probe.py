@@ -49,6 +49,7 @@ class StoredProbe:
         self.interval_s = interval_s
         self._index = dict(zip(names, indices, strict=True))
         self.indices = list(indices)
+        self._name_of = dict(zip(indices, names, strict=True))
         self._mark = {name: int(s) - 1 for name, s in zip(names, first_seq, strict=True)}
         self._above: dict[str, set[int]] = {name: set() for name in names}
         self._device: list[int] = []
@@ -98,6 +99,15 @@ class StoredProbe:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+
+    @property
+    def seen_count(self) -> int:
+        """Messages seen so far."""
+        return len(self._seq)
+
+    def mark_of(self, index: int) -> int:
+        """Highest seq of fleet device ``index`` seen stored with all before it."""
+        return self._mark[self._name_of[index]]
 
     def stored_over_time(self, *, start_s: float, scale: float) -> list[tuple[float, int]]:
         """``(t_s since start_s, messages stored so far)``, from the sampled devices scaled
