@@ -34,6 +34,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,14 +125,16 @@ class Cloud:
         command = [sys.executable, "-m", "batterytwin", "cloud", "serve", "--db", self.db_url]
         command += ["--port", str(port), "--workers", str(workers), "--no-ingest"]
         command += ["--broker", f"mqtt://127.0.0.1:{self.broker_port}"]
-        self.api = subprocess.Popen(
-            command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        _wait_http(f"{self.api_url}/health", process=self.api)
+        # Logs go to files: a pipe nobody reads fills up (a database outage logs a
+        # traceback per failed request) and then blocks the server.
+        with (self.folder / "api.log").open("ab") as log:
+            self.api = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        _wait_http(f"{self.api_url}/health", process=self.api, log=self.folder / "api.log")
 
     def start_ingest(self, *, workers: int = 2) -> None:
         command = [sys.executable, "-m", "batterytwin", "cloud", "ingest"]
         command += ["--workers", str(workers)]
+        log = (self.folder / "ingest.log").open("ab")
         self.ingest = subprocess.Popen(
             command,
             env={
@@ -140,10 +143,28 @@ class Cloud:
                 "BATTERYTWIN_BROKER": f"mqtt://127.0.0.1:{self.broker_port}",
             },
             preexec_fn=_raise_in_child,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
         )
+        log.close()
+        self.wait_ingest_subscribed(workers=workers)
+
+    def wait_ingest_subscribed(
+        self, *, workers: int, since: int = 0, timeout_s: float = 60
+    ) -> None:
+        """Wait until ``workers`` ingest workers logged their subscription (after byte
+        ``since`` of the log): before that, the broker drops what devices publish."""
+        path = self.folder / "ingest.log"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = path.read_bytes()[since:].decode(errors="replace")
+            if text.count("MQTT ingest subscribed") >= workers:
+                return
+            if self.ingest is not None and self.ingest.poll() is not None:
+                raise RuntimeError(f"the ingest exited:\n{text[-2000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"the ingest did not subscribe within {timeout_s} s (see {path})")
 
     def stop(self) -> None:
         for process in (self.ingest, self.api):
@@ -156,8 +177,6 @@ class Cloud:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-                if process.stderr is not None:
-                    process.stderr.close()
         self.stop_broker()
 
 
@@ -176,13 +195,15 @@ def _wait_port(
     raise RuntimeError(f"{what} did not listen on {port} within {timeout_s} s")
 
 
-def _wait_http(url: str, *, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+def _wait_http(
+    url: str, *, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 90
+) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            error = process.stderr.read().decode() if process.stderr else ""
+            error = log.read_text(errors="replace")
             raise RuntimeError(f"{url}: the server exited:\n{error[-2000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
@@ -232,6 +253,7 @@ def local_cloud(*, db_url: str, api_workers: int = 2, ingest_workers: int = 2) -
         yield cloud
     finally:
         cloud.stop()
+        shutil.rmtree(folder, ignore_errors=True)  # it holds the devices' passwords
 
 
 async def provision_and_reload(cloud: Cloud, *, count: int, pillar: str, prefix: str) -> Path:

@@ -955,14 +955,16 @@ class IngestService:
                 update(_DEVICES)
                 .where(_DEVICES.c.id == bindparam("b_id"))
                 .values(online=bindparam("b_online")),
-                [{"b_id": k, "b_online": v} for k, v in online.items()],
+                # In id order: two workers updating the same devices in different orders
+                # deadlock each other (seen after reconnect bursts).
+                [{"b_id": k, "b_online": v} for k, v in sorted(online.items())],
             )
         if last_seen:
             conn.execute(
                 update(_DEVICES)
                 .where(_DEVICES.c.id == bindparam("b_id"))
                 .values(last_seen=bindparam("b_seen")),
-                [{"b_id": k, "b_seen": v} for k, v in last_seen.items()],
+                [{"b_id": k, "b_seen": v} for k, v in sorted(last_seen.items())],
             )
         return dead
 

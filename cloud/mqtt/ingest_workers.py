@@ -12,6 +12,11 @@ queued) in that member's session. Nothing is given to another member when one di
 is delivered when the same client id reconnects. So the supervisor restarts a dead worker
 at once, with the same index, and a worker that is no longer wanted is retired
 (:meth:`~cloud.mqtt.ingest.IngestService.retire`) rather than just left stopped.
+
+A broker restart is the exception: Mosquitto 2.0.11 restores the members' sessions but
+not their ``$share/...`` subscriptions, so what devices publish between the restart and
+the workers' new SUBSCRIBE is acknowledged and dropped (docs/fleet.md, Fault drills). A
+single ingest (a plain subscription) does not have that gap.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class CloudClient:
         await self._http.aclose()
 
     async def login(self) -> None:
-        response = await self._http.post("/api/token/", json=self._login)
+        response = await self._request("POST", "/api/token/", json=self._login)
         if response.status_code != 200:
             raise CloudError(
                 f"login to {self.base_url} as {self._login['username']!r} failed: "
@@ -79,11 +79,24 @@ class CloudClient:
         self._token = response.json()["access"]
         self._http.headers["Authorization"] = f"Bearer {self._token}"
 
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; a keep-alive connection the server had just closed is retried once,
+        and every transport failure becomes a :class:`CloudError`."""
+        for attempt in (1, 2):
+            try:
+                return await self._http.request(method, path, **kwargs)
+            except httpx.RemoteProtocolError as exc:
+                if attempt == 2:
+                    raise CloudError(f"{method} {path}: {exc}") from exc
+            except httpx.HTTPError as exc:
+                raise CloudError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self._http.request(method, path, **kwargs)
+        response = await self._request(method, path, **kwargs)
         if response.status_code == 401:  # the access token expired during a long run
             await self.login()
-            response = await self._http.request(method, path, **kwargs)
+            response = await self._request(method, path, **kwargs)
         if response.status_code >= 400:
             raise CloudError(f"{method} {path}: {response.status_code} {response.text[:300]}")
         return response.json()

@@ -131,7 +131,17 @@ class FleetRecords:
 class _Device:
     """One BMS's link: connection, outbox, sequence numbers."""
 
-    __slots__ = ("conn", "down_until", "index", "inflight", "name", "outbox", "password", "sent")
+    __slots__ = (
+        "conn",
+        "down_until",
+        "index",
+        "inflight",
+        "name",
+        "outbox",
+        "password",
+        "reconnecting",
+        "sent",
+    )
 
     def __init__(self, index: int, credentials: DeviceCredentials) -> None:
         self.index = index
@@ -142,6 +152,7 @@ class _Device:
         self.sent = 0  # outbox entries written on the current connection
         self.inflight = 0
         self.down_until = 0.0  # a network cut: no reconnect before this (monotonic)
+        self.reconnecting = False  # one reconnect loop per device
 
 
 class FleetRunner:
@@ -259,13 +270,20 @@ class FleetRunner:
         device.conn = None
         device.sent = 0
         device.inflight = 0
-        if self._stopping:
-            return
+        if self._stopping or device.reconnecting:
+            return  # a connection lost while the reconnect loop was connecting it
+        device.reconnecting = True
         task = asyncio.get_running_loop().create_task(self._reconnect(device))
         self._reconnects.add(task)
         task.add_done_callback(self._reconnects.discard)
 
     async def _reconnect(self, device: _Device) -> None:
+        try:
+            await self._reconnect_loop(device)
+        finally:
+            device.reconnecting = False
+
+    async def _reconnect_loop(self, device: _Device) -> None:
         delay = 0.5
         while not self._stopping and device.conn is None:
             wait = max(device.down_until - time.monotonic(), 0.0) + delay * random.random()
