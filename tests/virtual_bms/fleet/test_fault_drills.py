@@ -41,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import psutil
@@ -175,32 +175,38 @@ def shared_postgres() -> Iterator[str]:
 
 
 class _Logs:
-    """The stderr of the cloud's processes, read as it comes.
-
-    ``local_cloud`` gives the API and the ingest a pipe for stderr that nobody reads while
-    they run; a drill makes them log more (tracebacks of failed requests while the database
-    is down), and a full pipe would block them.
-    """
+    """The logs of the cloud's processes (``local_cloud`` writes them to files), read as
+    they grow, with the time each line was seen."""
 
     def __init__(self) -> None:
         self.lines: list[tuple[float, str, str]] = []  # (time.time(), label, line)
         self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
 
-    def follow(self, label: str, process: subprocess.Popen[bytes] | None) -> None:
-        """Read ``process``'s stderr from now on (this object closes it)."""
-        if process is None or process.stderr is None:
-            return
-        pipe, process.stderr = process.stderr, None
-        thread = threading.Thread(target=self._read, args=(label, pipe), daemon=True)
+    def follow(self, label: str, path: Path) -> None:
+        """Read ``path`` from its start, and whatever is appended, until :meth:`close`."""
+        thread = threading.Thread(target=self._read, args=(label, path), daemon=True)
         thread.start()
         self._threads.append(thread)
 
-    def _read(self, label: str, pipe: IO[bytes]) -> None:
-        with pipe:
-            for raw in pipe:  # until every process writing to it has exited
-                self.lines.append((time.time(), label, raw.decode(errors="replace").rstrip()))
+    def _read(self, label: str, path: Path) -> None:
+        with path.open("rb") as fh:
+            pending = b""
+            while True:
+                chunk = fh.read()
+                if chunk:
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    now = time.time()
+                    for raw in complete:
+                        self.lines.append((now, label, raw.decode(errors="replace").rstrip()))
+                elif self._stop.is_set():
+                    return
+                else:
+                    time.sleep(0.05)
 
     def close(self) -> None:
+        self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
 
@@ -229,10 +235,9 @@ def _cloud(db_url: str, *, ingest_workers: int = 2) -> Iterator[tuple[Cloud, _Lo
     try:
         with local_cloud(db_url=db_url, ingest_workers=ingest_workers) as cloud:
             folder = cloud.folder  # broker files and the fleet's passwords: removed after
-            logs.follow("api", cloud.api)
-            logs.follow("ingest", cloud.ingest)
-            # local_cloud returns before the ingest has subscribed: what a BMS sent before
-            # that would go to no one
+            logs.follow("api", cloud.folder / "api.log")
+            logs.follow("ingest", cloud.folder / "ingest.log")
+            # local_cloud waits for the ingest's subscription; the lines are needed below
             _wait_subscribed(cloud, logs, workers=ingest_workers)
             yield cloud, logs
     except BaseException:
