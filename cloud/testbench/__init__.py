@@ -7,22 +7,6 @@
   :func:`~cloud.testbench.procedures.plan_test`: a test on a twin, pure.
 - :func:`~cloud.testbench.collector.store_result`: the collector's one way in.
 
-Topics, formats and the REST API: ``docs/test_bench.md``.
+Topics, formats and the REST API: ``docs/test_bench.md``. Nothing is imported here, so
+``batterytwin`` starts without the cloud's dependencies.
 """
-
-from cloud.testbench.collector import store_result
-from cloud.testbench.messages import TestRequest
-from cloud.testbench.procedures import plan_test
-from cloud.testbench.runner import run_test
-from cloud.testbench.service import BenchConfig, BenchService
-from cloud.testbench.topics import BenchTopics
-
-__all__ = [
-    "BenchConfig",
-    "BenchService",
-    "BenchTopics",
-    "TestRequest",
-    "plan_test",
-    "run_test",
-    "store_result",
-]
