@@ -18,7 +18,16 @@ from sqlalchemy import text
 
 from cloud.activity import ActivityMiddleware, ActivityRecorder
 from cloud.api import analytics as analytics_api
-from cloud.api import auth, commands, devices, estimators, models_exchange, passport, uplink_http
+from cloud.api import (
+    auth,
+    commands,
+    dashboard,
+    devices,
+    estimators,
+    models_exchange,
+    passport,
+    uplink_http,
+)
 from cloud.api import fleet as fleet_api
 from cloud.api import testbench as testbench_api
 from cloud.api.crud import crud_router
@@ -31,6 +40,7 @@ from cloud.metrics import render_metrics
 from cloud.migrate import upgrade
 from cloud.settings import CloudSettings
 from cloud.testbench.service import BenchConfig, BenchService
+from cloud.web import router as web_router
 
 if TYPE_CHECKING:
     from cloud.mqtt.broker import AccountSource
@@ -158,6 +168,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.include_router(analytics_api.router)
     app.include_router(auth.router)
     app.include_router(commands.router)
+    app.include_router(dashboard.router)
     app.include_router(devices.router)
     app.include_router(fleet_api.router)
     app.include_router(estimators.router)
@@ -165,6 +176,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.include_router(uplink_http.router)
     app.include_router(models_exchange.router)
     app.include_router(testbench_api.router)
+    app.include_router(web_router)
     for res in resources():
         if res.path == "measurements":
             app.include_router(measurement_router(res))
