@@ -229,3 +229,83 @@ export const PLOT_LAYOUT = {
   legend: { orientation: "h", y: -0.2 },
 };
 export const PLOT_CONFIG = { responsive: true, displaylogo: false };
+
+// POSTs a FormData with the user's token, reporting upload progress: onProgress(sent, total)
+// while the body goes out, onProgress(null, null) once it is sent and the server works.
+// Resolves to the JSON answer; errors raise ApiError with the server's own message.
+export async function uploadForm(path, form, onProgress = () => {}) {
+  if (!sessionStorage.getItem(ACCESS)) return toLogin();
+  const send = () =>
+    new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", path);
+      xhr.setRequestHeader("Authorization", `Bearer ${sessionStorage.getItem(ACCESS)}`);
+      xhr.upload.onprogress = (event) => onProgress(event.loaded, event.lengthComputable ? event.total : null);
+      xhr.upload.onload = () => onProgress(null, null);
+      xhr.onload = () => resolve(xhr);
+      xhr.onerror = () => reject(new ApiError(0, `the upload to ${path} failed (network error)`));
+      xhr.send(form);
+    });
+  let xhr = await send();
+  if (xhr.status === 401 && (await refreshAccess())) xhr = await send();
+  if (xhr.status === 401) return toLogin();
+  let body = null;
+  try {
+    body = xhr.responseText ? JSON.parse(xhr.responseText) : null;
+  } catch {
+    body = xhr.responseText;
+  }
+  if (xhr.status < 200 || xhr.status >= 300) throw new ApiError(xhr.status, detailOf(body, xhr.status));
+  return body;
+}
+
+// A file from the API saved under the server's name (Content-Disposition) or `fallback`.
+export async function download(path, fallback = "download") {
+  const response = await authFetch(path);
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    throw new ApiError(response.status, detailOf(body, response.status));
+  }
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const match = /filename="?([^";]+)"?/.exec(disposition);
+  const url = URL.createObjectURL(await response.blob());
+  const link = el("a", { href: url, download: match ? match[1] : fallback, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// --- fleet and battery pages ---
+
+// D1.2's SoW as a coloured chip: the colour from the server (green ... black, grey).
+export function sowChip(sow) {
+  if (!sow) return el("span", { class: "sow-chip grey", "data-testid": "sow", title: "no SoW estimate yet" }, ["–"]);
+  const label = sow.state.replaceAll("_", " ");
+  return el(
+    "span",
+    { class: `sow-chip ${sow.colour}`, "data-testid": "sow", "data-severity": sow.severity, title: sow.message },
+    [label],
+  );
+}
+
+// A fraction 0..1 as a small horizontal bar with its percentage.
+export function levelBar(fraction, testid = undefined) {
+  if (fraction === null || fraction === undefined) return el("span", { class: "muted", "data-testid": testid }, ["–"]);
+  const width = Math.max(0, Math.min(100, 100 * fraction));
+  const tone = fraction < 0.2 ? "low" : fraction < 0.5 ? "mid" : "high";
+  return el("span", { class: "level", "data-testid": testid, "data-value": fraction.toFixed(4) }, [
+    el("span", { class: `level-track` }, [el("span", { class: `level-fill ${tone}`, style: `width:${width.toFixed(1)}%` })]),
+    el("span", { class: "level-text" }, [pct(fraction, 0)]),
+  ]);
+}
+
+// "5 s ago", "3 min ago", "2 h ago", "4 d ago" (or an en dash).
+export function timeAgo(iso) {
+  if (!iso) return "–";
+  const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+  if (s < 60) return `${Math.round(s)} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
