@@ -10,6 +10,7 @@ from cloud.analytics.cli import analyze
 from cloud.cli import app as cloud_app
 from cloud.estimators.eis_cli import app as eis_app
 from cloud.testbench.cli import app as bench_app
+from demo.cli import demo
 from scenarios import cli as scenario_cli
 from twin.cli import app as twin_app
 from twin.fmu.cli import app as fmu_app
@@ -29,6 +30,7 @@ app.command()(scenario_cli.simulate)
 app.command()(scenario_cli.sweep)
 app.command()(analyze)
 app.command()(fleet)
+app.command()(demo)
 
 
 def main() -> None:
