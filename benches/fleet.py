@@ -4,7 +4,10 @@ Scenario: ``count`` virtual BMSs (default 10,000 Pillar 2 homes, 16 cells each),
 with its own MQTT connection, password and sequence numbers, publish telemetry at
 ``rate_hz`` (default 0.3 Hz: 3,000 messages/s) for ``duration_s`` (default 10 minutes)
 into a private Mosquitto. Two ingest workers (``batterytwin cloud ingest --workers 2``,
-MQTT shared subscription) store them in a throw-away PostgreSQL database. Two API workers
+MQTT shared subscription, and its guard) store them in PostgreSQL: by default an instance
+of the bench's own sized for the ingest (``benches.private_postgres.INGEST_SIZING``:
+4 GB shared buffers, checkpoints every 16 GB of WAL or 30 min; fsync on), or with
+``--postgres shared`` a throw-away database on the machine's cluster. Two API workers
 (``cloud serve --workers 2 --no-ingest``) answer ``api_users`` clients that each query
 measurements once a second. Everything runs on the same 2 cores: the fleet generator, the
 broker, the ingest, the API and the database.
@@ -32,7 +35,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import secrets
 import shutil
 import signal
@@ -46,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from benches.cloud import free_port, throwaway_database
+from benches.private_postgres import INGEST_SIZING, private_postgres
+from virtual_bms.fleet.limits import raise_open_files
 
 TARGETS = {
     "bms_connected": 10_000,
@@ -57,14 +61,6 @@ TARGETS = {
 }
 ADMIN = ("fleet-admin", "fleet-admin-password")
 INGEST_USER = "cloud-ingest"
-
-
-def raise_open_files() -> int:
-    """Raise this process's soft open-file limit to its hard limit; the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def _raise_in_child() -> None:  # preexec_fn: children inherit the raised limit
@@ -148,13 +144,14 @@ class Cloud:
             start_new_session=True,
         )
         log.close()
-        self.wait_ingest_subscribed(workers=workers)
+        self.wait_ingest_subscribed(workers=ingest_processes(workers))
 
     def wait_ingest_subscribed(
         self, *, workers: int, since: int = 0, timeout_s: float = 60
     ) -> None:
-        """Wait until ``workers`` ingest workers logged their subscription (after byte
-        ``since`` of the log): before that, the broker drops what devices publish."""
+        """Wait until ``workers`` ingest processes (:func:`ingest_processes`) logged their
+        subscription (after byte ``since`` of the log): before that, the broker drops what
+        devices publish."""
         path = self.folder / "ingest.log"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -210,6 +207,11 @@ def _wait_http(
                 return
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not become healthy within {timeout_s} s")
+
+
+def ingest_processes(workers: int) -> int:
+    """Processes of ``cloud ingest --workers N`` that subscribe: N, and the guard when N > 1."""
+    return workers + 1 if workers > 1 else workers
 
 
 @contextlib.contextmanager
@@ -285,8 +287,13 @@ def run_benchmark(
     api_workers: int = 2,
     report_dir: Path | None = None,
     during: Callable[[Any, Cloud], Awaitable[None]] | None = None,
+    postgres: str = "private",
 ) -> dict[str, Any]:
-    """The fleet against a local cloud; the figures of the module docstring."""
+    """The fleet against a local cloud; the figures of the module docstring.
+
+    ``postgres``: ``private`` (an instance of the bench's own, sized by
+    :data:`~benches.private_postgres.INGEST_SIZING`) or ``shared`` (a throw-away database
+    on the machine's cluster, as configured there)."""
     from virtual_bms.fleet.app import FleetOptions, run_fleet
 
     raise_open_files()
@@ -295,7 +302,7 @@ def run_benchmark(
 
         uvloop.install()
     with (
-        throwaway_database("bt_fleet") as db_url,
+        _database(postgres) as db_url,
         local_cloud(db_url=db_url, api_workers=api_workers, ingest_workers=ingest_workers) as cloud,
     ):
         print(f"[benches.fleet] provisioning {count:,} BMSs ...", file=sys.stderr, flush=True)
@@ -345,6 +352,8 @@ def run_benchmark(
         "ingest_workers": ingest_workers,
         "api_workers": api_workers,
         "api_users": api_users,
+        "postgres": postgres,
+        "postgres_settings": dict(INGEST_SIZING) if postgres == "private" else "machine's",
         "provision_s": provision_s,
         **figures,
         "targets": TARGETS,
@@ -354,6 +363,19 @@ def run_benchmark(
         key: _meets(key, result.get(key), target) for key, target in TARGETS.items()
     }
     return result
+
+
+@contextlib.contextmanager
+def _database(postgres: str) -> Iterator[str]:
+    """The URL of an empty database: on a private, sized instance or the shared cluster."""
+    if postgres == "shared":
+        with throwaway_database("bt_fleet") as url:
+            yield url
+        return
+    if postgres != "private":
+        raise ValueError(f"postgres must be 'private' or 'shared', got {postgres!r}")
+    with private_postgres(dbname="bt_fleet", settings=INGEST_SIZING) as instance:
+        yield instance.url
 
 
 def _meets(key: str, value: Any, target: float) -> bool | None:
@@ -374,6 +396,13 @@ def main() -> None:
     parser.add_argument("--api-users", type=int, default=20)
     parser.add_argument("--ingest-workers", type=int, default=2)
     parser.add_argument("--report", type=Path, default=None, help="report folder")
+    parser.add_argument(
+        "--postgres",
+        choices=("private", "shared"),
+        default="private",
+        help="private: an instance of the bench's own, sized for the ingest (default); "
+        "shared: a database on the machine's cluster at 127.0.0.1:5432",
+    )
     args = parser.parse_args()
     result = run_benchmark(
         count=args.count,
@@ -383,6 +412,7 @@ def main() -> None:
         api_users=args.api_users,
         ingest_workers=args.ingest_workers,
         report_dir=args.report,
+        postgres=args.postgres,
     )
     if args.json:
         print(json.dumps(result, indent=2))

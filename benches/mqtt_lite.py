@@ -37,6 +37,7 @@ from typing import Any
 
 from cloud.mqtt.broker import device_acl, render_mosquitto_conf, write_mosquitto_files
 from cloud.mqtt.contract import Channel, Topics
+from virtual_bms.fleet.limits import raise_open_files
 from virtual_bms.fleet.mqtt_async import KeepaliveScheduler, LiteConnection, connect
 
 HOST = "127.0.0.1"
@@ -51,14 +52,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         return int(probe.getsockname()[1])
-
-
-def _raise_fd_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit (Mosquitto, started later, inherits it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return int(hard)
 
 
 def _rss_mb() -> float:
@@ -263,7 +256,7 @@ def run_benchmark(
     *, connections: int = 5_000, duration_s: float = 20.0, window: int = 2, use_uvloop: bool = True
 ) -> dict[str, Any]:
     """Start the broker, run the fleet, and return the figures (see the module docstring)."""
-    fd_limit = _raise_fd_limit()
+    fd_limit, _ = raise_open_files()  # Mosquitto, started later, inherits it
     if fd_limit < connections + 100:
         raise RuntimeError(
             f"{connections} connections need an fd limit above {connections + 100}; the hard "

@@ -131,7 +131,16 @@ def ingest_command(
             "group, store what the broker still holds for it, end its session, and exit.",
         ),
     ] = None,
+    guard: Annotated[
+        bool,
+        typer.Option(
+            help="With a shared group, also run a guard: a plain subscription the broker "
+            "restores after a restart, storing what devices send before the workers are "
+            "subscribed again (Mosquitto 2.0 does not restore shared subscriptions)."
+        ),
+    ] = True,
     worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,
+    guard_window_s: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the MQTT ingest outside the API: worker processes under a supervisor.
 
@@ -159,11 +168,21 @@ def ingest_command(
 
             from cloud.mqtt.ingest_workers import run_worker
 
-            config = ingest_config(
-                settings,
-                client_id=worker_client_id(worker_index, shared=group is not None),
-                shared_group=group,
-            )
+            if guard_window_s is not None:
+                from cloud.mqtt.ingest_workers import guard_client_id
+
+                config = ingest_config(
+                    settings,
+                    client_id=guard_client_id(worker_index),
+                    shared_group=None,
+                    guard_window_s=guard_window_s,
+                )
+            else:
+                config = ingest_config(
+                    settings,
+                    client_id=worker_client_id(worker_index, shared=group is not None),
+                    shared_group=group,
+                )
             run_worker(
                 database_url=settings.database_url,
                 config=config,
@@ -183,6 +202,7 @@ def ingest_command(
             indices=indices,
             group=(group or DEFAULT_GROUP) if shared else None,
             summary_every_s=summary_every_s,
+            guard=guard and shared,
         )
 
 
@@ -198,21 +218,32 @@ def _settings_environment(settings: CloudSettings) -> dict[str, str]:
 
 
 def _supervise(
-    settings: CloudSettings, *, indices: range, group: str | None, summary_every_s: float
+    settings: CloudSettings,
+    *,
+    indices: range,
+    group: str | None,
+    summary_every_s: float,
+    guard: bool,
 ) -> None:
-    """Migrate the database once, then run one worker process per index until a signal."""
+    """Migrate the database once, then run one worker process per index (and the guard)
+    until a signal."""
     import sys
 
-    from cloud.mqtt.ingest_workers import IngestSupervisor
+    from cloud.mqtt.ingest_workers import GUARD_INDEX, GUARD_WINDOW_S, IngestSupervisor
 
     _migrate(settings)
 
     def command(index: int) -> list[str]:
         line = [sys.executable, "-m", "batterytwin", "cloud", "ingest"]
-        line += ["--worker-index", str(index), "--summary-every-s", str(summary_every_s)]
+        line += ["--summary-every-s", str(summary_every_s)]
+        if index == GUARD_INDEX:
+            window = str(GUARD_WINDOW_S)
+            return [*line, "--worker-index", str(indices[0]), "--guard-window-s", window]
+        line += ["--worker-index", str(index)]
         return line + (["--group", group] if group is not None else [])
 
-    IngestSupervisor(command=command, indices=indices, env=_settings_environment(settings)).run()
+    run = [*indices, GUARD_INDEX] if guard else list(indices)
+    IngestSupervisor(command=command, indices=run, env=_settings_environment(settings)).run()
 
 
 def _migrate(settings: CloudSettings) -> None:

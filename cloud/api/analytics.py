@@ -13,21 +13,18 @@ back with ``GET /api/analytics/results/?battery=ID`` and ``.../results/{id}/``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud.api.deps import CurrentUser, SessionDep
+from cloud.api.multipart import FileTooLarge, FormLimits, read_form
 from cloud.api.resources import ALL_READERS, scope_battery
 from cloud.models import AnalyticsResult, Battery, Role, User
-
-if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks
 
 router = APIRouter(prefix="/api", tags=["Battery Analytics"])
 MAX_FILES = 3  # one pickle, or the CSV set of three
@@ -57,120 +54,32 @@ _UPLOAD_BODY = {
 }
 
 
-class _TooLarge(Exception):
-    pass
-
-
-class _BadForm(Exception):
-    pass
-
-
-class _FileParts:
-    """python-multipart callbacks that keep the ``file`` parts (name, bytes) in memory."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.files: list[tuple[str, bytes]] = []
-        self._headers: dict[bytes, bytes] = {}
-        self._field = b""
-        self._value = b""
-        self._filename: str | None = None
-        self._buffer = bytearray()
-        self._other = 0
-
-    def callbacks(self) -> MultipartCallbacks:
-        return {
-            "on_part_begin": self._begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_part_end": self._end,
-        }
-
-    def _begin(self) -> None:
-        self._headers, self._filename, self._buffer = {}, None, bytearray()
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
-        self._field, self._value = b"", b""
-
-    def _headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if params.get(b"name") != b"file":
-            return
-        filename = params.get(b"filename", b"").decode("utf-8", "replace").strip()
-        if not filename:
-            raise _BadForm("each file part needs a filename (.pkl or .csv): it names the format")
-        if len(self.files) >= MAX_FILES:
-            raise _BadForm(f"at most {MAX_FILES} files per upload (one cell)")
-        self._filename = filename.replace("\\", "/").rsplit("/", 1)[-1]
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        if self._filename is None:
-            self._other += end - start
-            if self._other > _OTHER_FIELDS_BYTES:
-                raise _BadForm("form fields other than 'file' are not expected")
-            return
-        if len(self._buffer) + (end - start) > self.limit:
-            raise _TooLarge(self._filename)
-        self._buffer += data[start:end]
-
-    def _end(self) -> None:
-        if self._filename is not None:
-            self.files.append((self._filename, bytes(self._buffer)))
-        self._filename, self._buffer = None, bytearray()
-
-
-def _too_large(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=detail)
-
-
 async def _read_files(request: Request, limit: int) -> list[tuple[str, bytes]]:
     """The ``file`` parts of a multipart body, reading no part beyond ``limit`` bytes."""
-    content_type, params = parse_options_header(request.headers.get("content-type", ""))
-    boundary = params.get(b"boundary")
-    if content_type != b"multipart/form-data" or not boundary:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            detail="send multipart/form-data with the files in the field 'file'",
-        )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_FILES * (limit + 2**20):
-        raise _too_large(
-            f"the upload declares {int(declared) // 2**20} MB; at most {MAX_FILES} files "
-            f"of {limit // 2**20} MB each are read"
-        )
-    parts = _FileParts(limit)
-    parser = MultipartParser(boundary, parts.callbacks())
+    limits = FormLimits(
+        file_bytes=limit,
+        body_bytes=MAX_FILES * (limit + 2**20),
+        fields_bytes=_OTHER_FIELDS_BYTES,
+        max_files=MAX_FILES,
+        too_many_files=f"at most {MAX_FILES} files per upload (one cell)",
+        file_needs_name="each file part needs a filename (.pkl or .csv): it names the format",
+        not_multipart="send multipart/form-data with the files in the field 'file'",
+        fields_too_large="form fields other than 'file' are not expected",
+    )
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)  # callbacks raise as soon as a part passes the limit
-        parser.finalize()
-    except _TooLarge as error:
-        raise _too_large(
-            f"{error} is larger than {limit // 2**20} MB, the limit per file"
-        ) from None
-    except _BadForm as error:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(error)) from None
-    except ValueError as error:  # python-multipart's FormParserError and friends
+        form = await read_form(request, limits)
+    except FileTooLarge as error:
         raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, detail=f"malformed multipart body: {error}"
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"{error} is larger than {limit // 2**20} MB, the limit per file",
         ) from None
-    if not parts.files:
+    if not form.files:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST,
             detail="no file in the field 'file': send one .pkl, or the CSV set "
             "<cell>_cycles.csv, <cell>_metadata.csv, <cell>_metrics.csv",
         )
-    return parts.files
+    return form.files
 
 
 def _attach_target(session: Session, user: User, battery_id: int) -> Battery:

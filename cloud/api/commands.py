@@ -85,8 +85,13 @@ async def send(
         async with endpoint.client(identifier=f"batterytwin-api-{cmd.id}") as client:
             await publish_command(client, engine=request.app.state.engine, command_id=cmd.id)
     except aiomqtt.MqttError as error:
+        # The caller is told 503 and may send it again: this one must not go out later.
+        cmd.status = "failed"
+        cmd.ack_detail = f"not sent: broker unreachable ({error})"
+        session.commit()
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"broker unreachable: {error}"
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"broker unreachable: {error}; command {cmd.id} was not sent (failed)",
         ) from None
     session.refresh(cmd)
     return _public(cmd)

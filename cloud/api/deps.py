@@ -28,7 +28,10 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[CloudSettings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# "function": the transaction commits when the endpoint returns, before the response is
+# sent. With the default ("request") FastAPI commits after sending, so a client could be
+# told 201 about a row that a failing commit then drops, or read before it is there.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_current_user(

@@ -10,15 +10,15 @@ anything is stored (422 with the reason if it cannot be).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
 from cloud.api.deps import CurrentUser, SessionDep, SettingsDep
+from cloud.api.multipart import FileTooLarge, FormLimits, UploadedForm, read_form, size_text
 from cloud.exchange import (
     CategoryNode,
     FmuModelDetail,
@@ -39,9 +39,6 @@ from cloud.exchange import (
 from cloud.exchange.schemas import normalise_chemistry
 from cloud.models import FmuCategory, FmuKind, FmuLevel, User
 from twin.errors import FmuError
-
-if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks
 
 router = APIRouter(prefix="/api/models", tags=["Models exchange"])
 _FIELDS_BYTES = 16 * 1024  # all form fields together; the note is at most 2,000 characters
@@ -73,133 +70,36 @@ _UPLOAD_BODY = {
 }
 
 
-class _TooLarge(Exception):
-    pass
-
-
-class _BadForm(Exception):
-    pass
-
-
-class _UploadParts:
-    """python-multipart callbacks that keep the ``file`` part and the form fields in memory."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.fields: dict[str, str] = {}
-        self.file_name: str | None = None
-        self.content: bytes | None = None
-        self._headers: dict[bytes, bytes] = {}
-        self._header, self._value = b"", b""
-        self._name: str | None = None
-        self._is_file = False
-        self._buffer = bytearray()
-        self._field_bytes = 0
-
-    def callbacks(self) -> MultipartCallbacks:
-        return {
-            "on_part_begin": self._begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_part_end": self._end,
-        }
-
-    def _begin(self) -> None:
-        self._headers, self._name, self._is_file, self._buffer = {}, None, False, bytearray()
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _header_end(self) -> None:
-        self._headers[self._header.lower()] = self._value
-        self._header, self._value = b"", b""
-
-    def _headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        if name == "file":
-            if self.file_name is not None:
-                raise _BadForm("send one FMU per upload (one 'file' part)")
-            given = params.get(b"filename", b"").decode("utf-8", "replace")
-            self.file_name = given.replace("\\", "/").rsplit("/", 1)[-1] or "the upload"
-            self._is_file = True
-        elif name in self.fields:
-            raise _BadForm(f"the form field {name!r} is sent twice")
-        self._name = name
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        if self._is_file:
-            if len(self._buffer) + (end - start) > self.limit:
-                raise _TooLarge(self.file_name)
-        else:
-            self._field_bytes += end - start
-            if self._field_bytes > _FIELDS_BYTES:
-                raise _BadForm(f"the form fields are larger than {_FIELDS_BYTES // 1024} kB")
-        self._buffer += data[start:end]
-
-    def _end(self) -> None:
-        if self._is_file:
-            self.content = bytes(self._buffer)
-        elif self._name is not None:
-            try:
-                self.fields[self._name] = self._buffer.decode("utf-8")
-            except UnicodeDecodeError:
-                raise _BadForm(f"the form field {self._name!r} is not UTF-8 text") from None
-        self._begin()
-
-
-def _size(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:.1f} MB" if n_bytes >= 2**20 else f"{n_bytes:,} bytes"
-
-
 def _too_large(what: str, limit: int) -> HTTPException:
     return HTTPException(
         status.HTTP_413_CONTENT_TOO_LARGE,
-        detail=f"{what} is larger than {_size(limit)}, the largest FMU the exchange accepts "
+        detail=f"{what} is larger than {size_text(limit)}, the largest FMU the exchange accepts "
         "(BATTERYTWIN_FMU_MAX_BYTES)",
     )
 
 
-async def _read_upload(request: Request, limit: int) -> _UploadParts:
+async def _read_upload(request: Request, limit: int) -> UploadedForm:
     """The form fields and the FMU of a multipart body, reading no file beyond ``limit``."""
-    content_type, params = parse_options_header(request.headers.get("content-type", ""))
-    boundary = params.get(b"boundary")
-    if content_type != b"multipart/form-data" or not boundary:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            detail="send multipart/form-data: the FMU in the field 'file', and the fields "
-            "category, level, chemistry, kind, test_name (optional version, note)",
-        )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit + _FIELDS_BYTES + 64 * 1024:
-        raise _too_large(f"the upload ({_size(int(declared))})", limit)
-    parts = _UploadParts(limit)
-    parser = MultipartParser(boundary, parts.callbacks())
+    limits = FormLimits(
+        file_bytes=limit,
+        body_bytes=limit + _FIELDS_BYTES + 64 * 1024,
+        fields_bytes=_FIELDS_BYTES,
+        too_many_files="send one FMU per upload (one 'file' part)",
+        not_multipart="send multipart/form-data: the FMU in the field 'file', and the fields "
+        "category, level, chemistry, kind, test_name (optional version, note)",
+        fields_too_large=f"the form fields are larger than {_FIELDS_BYTES // 1024} kB",
+    )
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)  # the callbacks raise as soon as the file passes the limit
-        parser.finalize()
-    except _TooLarge as error:
+        return await read_form(request, limits)
+    except FileTooLarge as error:
         raise _too_large(str(error), limit) from None
-    except _BadForm as error:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(error)) from None
-    except ValueError as error:  # python-multipart's FormParserError and friends
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, detail=f"malformed multipart body: {error}"
-        ) from None
-    return parts
 
 
-def _form(parts: _UploadParts) -> tuple[UploadForm, bytes]:
+def _form(parts: UploadedForm) -> tuple[UploadForm, bytes]:
     """The validated form fields and the FMU; 422 naming each wrong field, as for JSON."""
     errors: list[dict[str, object]] = []
-    if parts.content is None:
+    content = parts.files[0][1] if parts.files else None
+    if content is None:
         errors.append({"loc": ["body", "file"], "msg": "the FMU is required", "type": "missing"})
     fields = {k: v for k, v in parts.fields.items() if v != "" or k not in ("version", "note")}
     try:
@@ -208,9 +108,9 @@ def _form(parts: _UploadParts) -> tuple[UploadForm, bytes]:
         errors += [
             {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
         ]
-    if errors or parts.content is None:
+    if errors or content is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
-    return form, parts.content
+    return form, content
 
 
 def _may_read(user: User) -> None:
@@ -270,7 +170,7 @@ async def upload_fmu(
                 version=form.version,
                 note=form.note,
                 uploaded_by_id=user.id,
-                source_name=parts.file_name,
+                source_name=parts.files[0][0],
             )
         )
     except FmuError as error:

@@ -177,10 +177,10 @@ def render_mosquitto_conf(
     arrives while it restarts. With ``persistence_dir`` the broker saves its sessions
     (subscriptions and queued messages) there and restores them when it restarts, so a
     broker restart loses neither the ingest's subscription nor what devices sent meanwhile
-    (for one ingest with a plain subscription: Mosquitto 2.0.11 does not restore shared
-    ``$share/...`` subscriptions, so with ``cloud ingest --workers N`` what devices send
-    between the restart and the workers' new SUBSCRIBE is lost; docs/fleet.md, Fault
-    drills); without it (tests) they live in memory only.
+    (Mosquitto 2.0.11 does not restore shared ``$share/...`` subscriptions: with
+    ``cloud ingest --workers N`` the ingest's guard, a plain subscription, stores what
+    devices send between the restart and the workers' new SUBSCRIBE; docs/fleet.md,
+    Fault drills); without it (tests) they live in memory only.
 
     Given ``certfile`` and ``keyfile`` (the broker's certificate and key, PEM), a second
     listener on ``tls_port`` at ``bind`` serves MQTT over TLS with the same users and ACL.

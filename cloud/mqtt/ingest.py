@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ from cloud.mqtt.contract import (
     TELEMETRY_QUANTITIES,
     UPLINK_CHANNELS,
     AckMessage,
+    Channel,
     ContractError,
     EisMessage,
     EventMessage,
@@ -96,6 +98,10 @@ _DEVICES = cast(Table, Device.__table__)
 _EVENTS = cast(Table, Event.__table__)
 _COMMANDS = cast(Table, Command.__table__)
 _MEASUREMENT_COLUMNS = ("cell_id", "device_id", "measured_at", "added_at", *TELEMETRY_QUANTITIES)
+GUARD_CHANNELS: tuple[Channel, ...] = (Channel.telemetry, Channel.eis, Channel.acks)
+"""What a guard stores: messages stored at most once however often they arrive (a ``seq``
+claim, an ack of a command already acked). Events and presence carry no ``seq``: a
+guard would store them twice."""
 _STOP_POLL_S = 0.25  # how often an idle ingest checks whether it should stop
 _UNKNOWN_DEVICE_RETRY_S = 2.0  # a device registered after its first message is seen this soon
 
@@ -152,6 +158,14 @@ class IngestConfig(BaseModel):
     """Subscribe as a member of this MQTT shared subscription group (``$share/{group}/...``),
     so that the broker splits the messages between the group's clients; each member needs
     its own ``client_id``. None: one ingest receives every message."""
+    guard_window_s: float | None = Field(default=None, gt=0)
+    """Run as a shared group's guard: a plain, persistent subscription to the channels that
+    carry a ``seq`` (telemetry, EIS) and to acks, whose messages are stored only for this
+    many seconds after each CONNACK and otherwise acknowledged unstored. A broker that does
+    not restore ``$share/`` subscriptions after a restart (Mosquitto 2.0) restores this
+    one, so what devices publish before the group's members have subscribed again is
+    queued for the guard; the ``(device, seq)`` claim makes the overlap harmless. Must
+    exceed the members' ``reconnect_delay_max_s``. None: an ordinary ingest."""
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> IngestConfig:
@@ -169,8 +183,19 @@ class IngestConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _guard_is_plain(self) -> IngestConfig:
+        if self.guard_window_s is not None and self.shared_group is not None:
+            raise ValueError(
+                "a guard subscribes plainly (that is what the broker restores): "
+                f"give guard_window_s or shared_group, not both (group {self.shared_group!r})"
+            )
+        return self
+
     def subscriptions(self) -> list[str]:
         """The topic filters the ingest subscribes to, one per uplink channel."""
+        if self.guard_window_s is not None:
+            return [self.topics.subscription(channel) for channel in GUARD_CHANNELS]
         plain = [self.topics.subscription(channel) for channel in UPLINK_CHANNELS]
         if self.shared_group is None:
             return plain
@@ -195,6 +220,7 @@ class IngestCounters:
     db_retries: int = 0
     last_lag_s: float | None = None  # commit time minus the device's ts, newest stored message
     last_batch_s: float | None = None  # how long the last batch's transaction took
+    guard_passed: int = 0  # a guard outside its window: acknowledged, not stored
 
     @property
     def processed(self) -> int:
@@ -309,6 +335,8 @@ class IngestService:
         self._stop = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._store_until = math.inf  # a guard's window ends here (time.monotonic())
+        self._session_present = False  # a guard's last CONNACK
 
     @property
     def config(self) -> IngestConfig:
@@ -447,7 +475,17 @@ class IngestService:
             tls_context=tls_context(cfg.tls) if cfg.tls else None,
         )
         # aiomqtt acknowledges on receipt; paho can wait, and the ack must follow the commit
-        _paho(client).manual_ack_set(True)
+        mqtt = _paho(client)
+        mqtt.manual_ack_set(True)
+        if cfg.guard_window_s is not None:  # a guard needs the CONNACK's session-present flag
+            on_connect = mqtt.on_connect
+            assert on_connect is not None  # aiomqtt's, which resolves the connection
+
+            def _on_connect(*args: Any) -> None:
+                self._session_present = bool(args[2].session_present)  # (client, data, flags..
+                on_connect(*args)
+
+            mqtt.on_connect = _on_connect
         return client
 
     async def _session(self) -> None:
@@ -457,6 +495,16 @@ class IngestService:
         after the CONNACK, and a broker may answer the SUBSCRIBE only once they are acked.
         """
         async with self._client() as client:
+            if self._config.guard_window_s is not None:
+                # A new session had no subscription before: nothing can have been missed.
+                # A resumed one may hold what arrived while the group was not subscribed.
+                window_s = self._config.guard_window_s if self._session_present else 0.0
+                self._store_until = time.monotonic() + window_s
+                _log.info(
+                    "MQTT ingest guard: %s session, storing for %.0f s",
+                    "resumed" if self._session_present else "new",
+                    window_s,
+                )
             consumer = asyncio.create_task(self._consume(client))
             try:
                 wanted = self._config.subscriptions()
@@ -508,6 +556,13 @@ class IngestService:
             await self._flush(client, batch)
 
     async def _flush(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
+        if time.monotonic() > self._store_until:  # a guard, outside its window
+            mqtt = _paho(client)
+            for message in batch:
+                if message.qos > 0:
+                    mqtt.ack(message.mid, message.qos)
+            self.counters.guard_passed += len(batch)
+            return
         received_at = _now()
         raws = [
             _Raw(
@@ -677,9 +732,12 @@ class IngestService:
             cached = self._devices.get(name)
             if cached is None or (cached[0] is not None and now - cached[1] >= ttl):
                 wanted.add(name)
-        if len(wanted) < 2:
-            return  # one device: _device loads it as before
-        names = sorted(wanted)
+        if len(wanted) >= 2:  # one device: _device loads it when it is needed
+            self._load_devices(sorted(wanted), now=now)
+
+    def _load_devices(self, names: Sequence[str], *, now: float) -> None:
+        """Read ``names`` (unknown ones as None) and their cell maps into the cache, in two
+        queries per chunk of names."""
         with self._engine.connect() as conn:
             devices: dict[str, tuple[int, int]] = {}
             for start in range(0, len(names), _PREFETCH_CHUNK):
@@ -724,26 +782,8 @@ class IngestService:
             ttl = self._config.device_cache_s if info is not None else _UNKNOWN_DEVICE_RETRY_S
             if now - loaded_at < ttl:
                 return info
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                select(Device.id, Device.battery_id).where(Device.name == name)
-            ).first()
-            info = None
-            if row is not None:
-                cells = conn.execute(
-                    select(Cell.position, Cell.id)
-                    .join(BatteryModule, Cell.module_id == BatteryModule.id)
-                    .where(BatteryModule.battery_id == row.battery_id, Cell.position.is_not(None))
-                ).all()
-                info = _DeviceInfo(
-                    id=row.id,
-                    name=name,
-                    battery_id=row.battery_id,
-                    cells={p: cell_id for p, cell_id in cells if p is not None},
-                    loaded_at=now,
-                )
-        self._devices[name] = (info, now)
-        return info
+        self._load_devices([name], now=now)
+        return self._devices[name][0]
 
     def _write(self, conn: Connection, items: Sequence[_Item]) -> _Outcome:
         """Write prepared items in the caller's transaction."""

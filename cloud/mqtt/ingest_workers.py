@@ -15,8 +15,11 @@ at once, with the same index, and a worker that is no longer wanted is retired
 
 A broker restart is the exception: Mosquitto 2.0.11 restores the members' sessions but
 not their ``$share/...`` subscriptions, so what devices publish between the restart and
-the workers' new SUBSCRIBE is acknowledged and dropped (docs/fleet.md, Fault drills). A
-single ingest (a plain subscription) does not have that gap.
+the workers' new SUBSCRIBE would be acknowledged and dropped. So the supervisor also runs
+a guard (:func:`guard_client_id`, ``IngestConfig.guard_window_s``): one more process with
+a plain persistent subscription, which the broker does restore, storing what arrives in
+the first :data:`GUARD_WINDOW_S` after each of its connections and only acknowledging
+the rest. A single ingest (a plain subscription) needs no guard.
 """
 
 from __future__ import annotations
@@ -43,10 +46,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_GROUP",
+    "GUARD_INDEX",
+    "GUARD_WINDOW_S",
     "INGEST_CLIENT_PREFIX",
     "IngestSupervisor",
     "SupervisorConfig",
     "format_summary",
+    "guard_client_id",
     "ingest_config",
     "retire_client",
     "run_worker",
@@ -59,6 +65,11 @@ INGEST_CLIENT_PREFIX = "batterytwin-ingest"
 """The ingest's client id alone, and the prefix of each shared-group worker's own."""
 DEFAULT_GROUP = "batterytwin-ingest"
 """The shared subscription group of ``cloud ingest`` when none is named."""
+GUARD_INDEX = -1
+"""The supervisor's index of the guard process (workers are 0..9999)."""
+GUARD_WINDOW_S = 75.0
+"""How long a guard stores after each connection: more than the workers' longest
+reconnect delay (30 s) and their SUBSCRIBE, so the group is back before the guard stops."""
 _WATCH_S = 0.1  # how often a worker looks at its counters and its supervisor
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 _MAX_INDEX = 9999  # keeps "batterytwin-ingest-9999" within MQTT 3.1.1's 23 characters
@@ -78,6 +89,18 @@ def worker_client_id(index: int, *, shared: bool) -> str:
     return f"{INGEST_CLIENT_PREFIX}-{index}" if shared else INGEST_CLIENT_PREFIX
 
 
+def guard_client_id(first_index: int) -> str:
+    """The MQTT client id of the guard run beside workers ``first_index``.. (one per
+    machine; several guards only store the same messages twice, which the seq claim drops).
+
+    Raises:
+        ValueError: If ``first_index`` is outside 0..9999.
+    """
+    if not 0 <= first_index <= _MAX_INDEX:
+        raise ValueError(f"worker index must be 0..{_MAX_INDEX} (client ids <= 23 chars)")
+    return f"{INGEST_CLIENT_PREFIX}-g{first_index}"
+
+
 def format_summary(
     counters: IngestCounters, *, label: str, rate_msgs_per_s: float | None = None
 ) -> str:
@@ -91,6 +114,7 @@ def format_summary(
         f"{c.dead_lettered} dead-lettered, {c.status_updates + c.acks + c.events} other, "
         f"{c.measurement_rows} rows, {c.batches} batches, {c.reconnects} reconnects, "
         f"{c.db_retries} db retries; {rate}lag {lag}, last batch {batch}"
+        + (f"; {c.guard_passed} passed outside the guard window" if c.guard_passed else "")
     )
 
 
@@ -261,7 +285,7 @@ class IngestSupervisor:
             list(self.command(worker.index)), env=env, stdin=subprocess.DEVNULL, process_group=0
         )
         worker.started_at = time.monotonic()
-        _log.info("started ingest worker %d (pid %d)", worker.index, worker.process.pid)
+        _log.info("started %s (pid %d)", _label(worker.index), worker.process.pid)
 
     def _died(self, worker: _Worker, *, now: float) -> None:
         process = worker.process
@@ -279,9 +303,9 @@ class IngestSupervisor:
         worker.restarts += 1
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
         _log.warning(
-            "ingest worker %d (pid %d) %s after %.1f s; restarting it in %.1f s under the "
+            "%s (pid %d) %s after %.1f s; restarting it in %.1f s under the "
             "same client id (the broker keeps its share of the messages for it)",
-            worker.index,
+            _label(worker.index),
             process.pid,
             how,
             uptime_s,
@@ -307,8 +331,16 @@ class IngestSupervisor:
         _log.info("ingest workers stopped")
 
 
+def _label(index: int) -> str:
+    return "ingest guard" if index == GUARD_INDEX else f"ingest worker {index}"
+
+
 def ingest_config(
-    settings: CloudSettings, *, client_id: str, shared_group: str | None
+    settings: CloudSettings,
+    *,
+    client_id: str,
+    shared_group: str | None,
+    guard_window_s: float | None = None,
 ) -> IngestConfig:
     """The ingest of ``settings`` (broker, login, TLS) under ``client_id``.
 
@@ -329,6 +361,7 @@ def ingest_config(
         client_id=client_id,
         tls=settings.mqtt_tls(),
         shared_group=shared_group,
+        guard_window_s=guard_window_s,
     )
 
 

@@ -45,7 +45,7 @@ from cloud.models import Device, IngestedMessage, Measurement
 from cloud.mqtt.broker import render_mosquitto_conf
 from cloud.mqtt.contract import Channel, Topics
 from cloud.mqtt.ingest import IngestConfig, IngestService
-from cloud.mqtt.ingest_workers import worker_client_id
+from cloud.mqtt.ingest_workers import guard_client_id, worker_client_id
 from cloud.settings import CloudSettings
 from tests.cloud.mqtt_fixtures import (
     N_CELLS,
@@ -428,6 +428,50 @@ def test_a_stopped_member_keeps_its_share_until_it_returns_or_is_retired(
         engine.dispose()
 
 
+def test_the_guard_stores_only_after_resuming_its_session(broker_port: int, tmp_path: Path) -> None:
+    """The guard's plain subscription lives in its session: what arrives while it is away
+    is queued for it and stored when it resumes (within its window); on a new session,
+    and after the window, it acknowledges without storing."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'cloud.db'}")
+    upgrade(engine)
+    backend = Backend("sqlite-mosquitto", engine, Topics(root="guard/v1"), "guard")
+    seed_device(backend, "bms-g")
+    topic = backend.topic("bms-g", Channel.telemetry)
+    config = IngestConfig(
+        host="127.0.0.1",
+        port=broker_port,
+        client_id=guard_client_id(0),
+        topics=backend.topics,
+        guard_window_s=1.0,
+    )
+
+    async def publish(seqs: range) -> None:
+        async with aiomqtt.Client("127.0.0.1", broker_port) as device:
+            for seq in seqs:
+                await device.publish(topic, telemetry(seq), qos=1)
+
+    async def scenario() -> None:
+        async with IngestService(engine=engine, config=config) as guard:  # a new session
+            await publish(range(10))
+            await wait_until(lambda: guard.counters.guard_passed >= 10, what="10 passed")
+            assert guard.counters.stored == 0
+        await publish(range(10, 25))  # the guard is away: queued in its session
+        async with IngestService(engine=engine, config=config) as guard:
+            await wait_until(lambda: guard.counters.stored >= 15, what="15 queued, stored")
+            await asyncio.sleep(1.2)  # the window closes
+            await publish(range(25, 30))
+            await wait_until(lambda: guard.counters.guard_passed >= 5, what="5 passed")
+            assert guard.counters.stored == 15
+
+    try:
+        asyncio.run(scenario())
+        with engine.connect() as conn:
+            seqs = sorted(conn.scalars(select(IngestedMessage.seq)))
+        assert seqs == list(range(10, 25))
+    finally:
+        engine.dispose()
+
+
 def test_the_api_can_leave_the_ingest_to_the_workers(broker_port: int, tmp_path: Path) -> None:
     settings = CloudSettings(
         database_url=f"sqlite:///{tmp_path / 'api.db'}",
@@ -456,6 +500,12 @@ def test_guards_and_names() -> None:
     config = IngestConfig(shared_group="g", topics=Topics(root="r/v1"))
     assert config.subscriptions()[0] == "$share/g/r/v1/devices/+/telemetry"
     assert IngestConfig().subscriptions()[0] == "batterytwin/v1/devices/+/telemetry"
+    guard = IngestConfig(guard_window_s=60, topics=Topics(root="r/v1"))
+    assert [t.rsplit("/", 1)[1] for t in guard.subscriptions()] == ["telemetry", "eis", "acks"]
+    assert all(not t.startswith("$share") for t in guard.subscriptions())
+    with pytest.raises(ValidationError, match="not both"):
+        IngestConfig(guard_window_s=60, shared_group="g")
+    assert guard_client_id(4) == "batterytwin-ingest-g4"
     assert worker_client_id(0, shared=False) == "batterytwin-ingest"
     assert len(worker_client_id(9999, shared=True)) <= 23
     with pytest.raises(ValueError, match=r"0\.\.9999"):

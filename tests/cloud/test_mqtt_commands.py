@@ -114,3 +114,47 @@ def test_command_round_trip_ends_acked_or_failed(backend: Backend) -> None:
             "failed",
             "failed",
         ]
+
+
+def test_a_command_the_broker_never_got_is_failed_not_left_pending(tmp_path: Path) -> None:
+    """The API answers 503 when the broker is unreachable; the stored command is marked
+    failed, so nothing sends it later behind the caller's back."""
+    from fastapi.testclient import TestClient
+
+    from cloud.main import create_app
+    from cloud.models import Battery, Device
+    from cloud.settings import CloudSettings
+    from cloud.users import add_user
+    from tests.cloud.mqtt_fixtures import MOSQUITTO_HOST, MOSQUITTO_PORT, free_port, require
+
+    require(MOSQUITTO_HOST, MOSQUITTO_PORT, "Mosquitto")
+    settings = CloudSettings(
+        database_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        broker=f"mqtt://{MOSQUITTO_HOST}:{MOSQUITTO_PORT}",
+        ingest_in_api=False,
+        estimator_interval_s=0,
+        jwt_secret="commands-test-secret-0123456789abcdef",
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        with app.state.sessions() as session, session.begin():
+            add_user(session, username="admin", password="password-123", role="admin")
+            battery = Battery(serial_number="SN-unreachable", battery_name="pack")
+            session.add(battery)
+            session.flush()
+            device = Device(name="bms-unreachable", battery_id=battery.id, pillar=2)
+            session.add(device)
+            session.flush()
+            device_id = device.id
+        # the broker goes away after start-up: nothing listens on the endpoint's new port
+        app.state.mqtt = app.state.mqtt.model_copy(update={"port": free_port()})
+        token = client.post("/api/token/", json={"username": "admin", "password": "password-123"})
+        headers = {"Authorization": f"Bearer {token.json()['access']}"}
+        body = {"device_id": device_id, "kind": "reporting_interval", "params": {"interval_s": 5}}
+        sent = client.post("/api/commands/", json=body, headers=headers)
+        assert sent.status_code == 503, sent.text
+        assert "was not sent" in sent.json()["detail"]
+        listed = client.get(f"/api/commands/?device={device_id}", headers=headers).json()
+    assert [(c["status"], c["ack_detail"][:30]) for c in listed] == [
+        ("failed", "not sent: broker unreachable (")
+    ]

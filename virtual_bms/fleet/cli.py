@@ -107,12 +107,10 @@ def fleet(
 
 
 def _raise_open_files(count: int) -> None:
-    import resource
+    from virtual_bms.fleet.limits import raise_open_files
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = count + 256
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(wanted, soft)), hard))
+    _, hard = raise_open_files(wanted)
     if hard < wanted:
         print(
             f"warning: the open-file limit ({hard}) is below {wanted}: raise it "

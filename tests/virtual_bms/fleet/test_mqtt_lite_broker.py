@@ -30,6 +30,7 @@ from cloud.mqtt.broker import (
 )
 from cloud.mqtt.contract import Channel, Topics
 from tests.cloud.mqtt_fixtures import free_port, private_mosquitto, start_mosquitto, wait_until
+from virtual_bms.fleet.limits import raise_open_files
 from virtual_bms.fleet.mqtt_async import KeepaliveScheduler, LiteConnection, connect
 from virtual_bms.fleet.mqtt_blocking import BlockingConnection
 from virtual_bms.fleet.mqtt_codec import (
@@ -67,11 +68,9 @@ class Broker:
 
 def _raise_fd_limit(needed: int) -> None:
     """Soft RLIMIT_NOFILE up to the hard limit; children (Mosquitto) inherit it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = raise_open_files()
     if hard != resource.RLIM_INFINITY and hard < needed:
         pytest.fail(f"RLIMIT_NOFILE hard limit {hard} < {needed} needed: raise it (ulimit -Hn)")
-    if soft != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _write_conf(directory: Path, *, port: int, devices: list[str]) -> Path:
