@@ -301,8 +301,9 @@ def run_benchmark(
         import uvloop
 
         uvloop.install()
+    report_dir = report_dir or Path(tempfile.mkdtemp(prefix="batterytwin-fleet-report-"))
     with (
-        _database(postgres) as db_url,
+        _database(postgres, log_to=report_dir / "postgres.log") as db_url,
         local_cloud(db_url=db_url, api_workers=api_workers, ingest_workers=ingest_workers) as cloud,
     ):
         print(f"[benches.fleet] provisioning {count:,} BMSs ...", file=sys.stderr, flush=True)
@@ -320,7 +321,7 @@ def run_benchmark(
             password=ADMIN[1],
             rate_hz=rate_hz,
             duration_s=duration_s,
-            report_dir=report_dir or cloud.folder / "report",
+            report_dir=report_dir,
             credentials_csv=credentials,
             api_users=api_users,
         )
@@ -366,8 +367,10 @@ def run_benchmark(
 
 
 @contextlib.contextmanager
-def _database(postgres: str) -> Iterator[str]:
-    """The URL of an empty database: on a private, sized instance or the shared cluster."""
+def _database(postgres: str, *, log_to: Path) -> Iterator[str]:
+    """The URL of an empty database: on a private, sized instance (whose log, with its
+    checkpoints and autovacuum runs, is copied to ``log_to`` at the end) or the shared
+    cluster."""
     if postgres == "shared":
         with throwaway_database("bt_fleet") as url:
             yield url
@@ -375,7 +378,13 @@ def _database(postgres: str) -> Iterator[str]:
     if postgres != "private":
         raise ValueError(f"postgres must be 'private' or 'shared', got {postgres!r}")
     with private_postgres(dbname="bt_fleet", settings=INGEST_SIZING) as instance:
-        yield instance.url
+        try:
+            yield instance.url
+        finally:
+            log = instance.folder / "postgres.log"
+            if log.exists():
+                log_to.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, log_to)
 
 
 def _meets(key: str, value: Any, target: float) -> bool | None:

@@ -37,6 +37,8 @@ INGEST_SIZING: Mapping[str, str] = {
     "checkpoint_timeout": "30min",
     "checkpoint_completion_target": "0.9",
     "wal_compression": "on",
+    "log_checkpoints": "on",  # the bench copies the log into its report: what stalled when
+    "log_autovacuum_min_duration": "0",
 }
 """Settings for a 24 GiB machine that stores thousands of telemetry messages a second.
 Durability is untouched: ``fsync`` and ``synchronous_commit`` stay on."""

@@ -325,3 +325,35 @@ def test_events_are_stored_with_device_battery_and_cells(backend: Backend) -> No
         [3, 4],
     )
     assert row.occurred_at.replace(tzinfo=None) == T0.replace(tzinfo=None)
+
+
+def test_last_seen_is_written_at_most_every_interval(backend: Backend) -> None:
+    """Presence is not rewritten on every message: one device row update per interval."""
+    seeded = seed_device(backend, "bms-seen")
+    topic = backend.topic("bms-seen", Channel.telemetry)
+
+    def last_seen() -> object:
+        with backend.engine.connect() as conn:
+            return conn.execute(
+                select(Device.last_seen).where(Device.id == seeded.device_id)
+            ).scalar()
+
+    async def scenario() -> None:
+        async with backend.broker() as (host, port):
+            slow = backend.ingest(host, port, last_seen_every_s=3600)
+            async with slow as ingest, aiomqtt.Client(host, port) as device:
+                await device.publish(topic, telemetry(0), 1)
+                await wait_until(lambda: ingest.counters.stored >= 1, what="first stored")
+                first = last_seen()
+                assert first is not None
+                await asyncio.sleep(0.05)
+                await device.publish(topic, telemetry(1), 1)
+                await wait_until(lambda: ingest.counters.stored >= 2, what="second stored")
+                assert last_seen() == first  # within the interval: not written again
+            every = backend.ingest(host, port, last_seen_every_s=0)
+            async with every as ingest, aiomqtt.Client(host, port) as device:
+                await device.publish(topic, telemetry(2), 1)
+                await wait_until(lambda: ingest.counters.stored >= 1, what="third stored")
+                assert last_seen() != first  # written on every message
+
+    asyncio.run(scenario())
