@@ -68,7 +68,10 @@ def demo(
             if serve:
                 console.print(f"Dashboard: {url}  login: {user} / {password}")
 
+        closed: list[bool] = []
+
         def finished(summary: dict[str, object], outputs: DemoOutputs) -> None:
+            closed.append(bool(summary.get("loop_closed")))
             print_summary(summary, console)
             console.print(f"Wrote {outputs.summary_json} and {outputs.report_html}")
             if serve:
@@ -83,3 +86,10 @@ def demo(
                     bar.close()  # the summary prints after the run
 
             run_demo(config, hooks=DemoHooks(progress=progress, ready=ready, finished=finished))
+    if closed and not closed[0]:
+        console.print(
+            "[red]error[/]: the loop did not close (no ECM update from the cloud reached the "
+            "hub): see the estimator errors above, or run more days (the first EIS sweep "
+            "comes 6 twin hours in)"
+        )
+        raise typer.Exit(1)
