@@ -3,8 +3,8 @@
 :class:`VirtualBms` is the BMS of D1.2 for either pillar on top of any
 :class:`~virtual_bms.sources.SensorSource`. Each cycle (:meth:`VirtualBms.step`) it
 
-1. estimates SoC per series group (Pillar 1: EKF on the ECM the cloud last sent;
-   Pillar 2: the three-step ECM + EKF + combination),
+1. estimates SoC per series group (Pillar 1: EKF on the parameter set's tables as the
+   cloud's last ECM corrects them; Pillar 2: the three-step ECM + EKF + combination),
 2. moves the mode state machine and its protection (a fault opens the contactor and
    raises an alarm event),
 3. runs what is due: SoH after a completed charge, SoF charge-current limit, balancing,
@@ -14,8 +14,9 @@
    for the uplink.
 
 Commands from the cloud (:meth:`VirtualBms.handle_command`) take effect in the next
-cycle: an ECM update replaces the model the EKF uses, an EIS request runs a sweep, a
-reporting-interval change retimes telemetry.
+cycle: an ECM update corrects the tables the EKF's model is read from (or, if its number of
+RC pairs differs from the parameter set's, replaces the model), an EIS request runs a
+sweep, a reporting-interval change retimes telemetry.
 
 Example::
 
@@ -49,10 +50,15 @@ from twin.models.ecm_params import EcmParameters
 from virtual_bms.config import BmsConfig
 from virtual_bms.estimators.balancing import BalancingConfig, BalancingState, balancing_step
 from virtual_bms.estimators.ecm_model import (
+    EcmCorrection,
     EcmModel,
     EcmModelError,
+    EcmUpdate,
+    apply_ecm_correction,
     apply_ecm_update,
+    ecm_correction,
     ecm_model_from_parameters,
+    ecm_update_soc,
 )
 from virtual_bms.estimators.plating import PlatingConfig
 from virtual_bms.estimators.soc import (
@@ -183,6 +189,8 @@ class VirtualBms:
         self.balancing = BalancingState()
         self.model: EcmModel | None = None
         self.cloud_model = False  # True once the cloud has sent an ECM (Pillar 1 keeps it)
+        # the cloud's ECM as factors on the tables; None with a replaced (fixed) model
+        self.cloud_correction: EcmCorrection | None = None
         self.soc: FloatArray = np.full(self.n, np.nan)
         self.equivalent_cycles: FloatArray = np.zeros(self.n)
         self.sos: FloatArray = np.ones(self.n)
@@ -204,8 +212,11 @@ class VirtualBms:
         self._frame: SensorFrame | None = None
 
     # ------------------------------------------------------------------ estimation
-    def _build_model(self, frame: SensorFrame, soc: FloatArray | float) -> EcmModel:
-        return ecm_model_from_parameters(
+    def _build_model(
+        self, frame: SensorFrame, soc: FloatArray | float, *, corrected: bool = True
+    ) -> EcmModel:
+        """The tables at ``frame``'s temperatures and ``soc``, with the cloud's correction."""
+        model = ecm_model_from_parameters(
             self.parameters,
             n_cells=self.n,
             temperature_c=frame.temperature_c,
@@ -213,6 +224,9 @@ class VirtualBms:
             soh=self.soh_state.soh,
             resistance_factor=self.config.assumed_resistance_factor,
         )
+        if corrected and self.cloud_correction is not None:
+            model = apply_ecm_correction(model, self.cloud_correction)
+        return model
 
     def _estimate_soc(self, frame: SensorFrame, current_a: FloatArray, dt_s: float) -> None:
         if self.model is None:  # first frame: start from the OCV of what is measured
@@ -224,7 +238,7 @@ class VirtualBms:
             self._three_step = ThreeStepSocState.initial(soc0, n_rc=n_rc)
             self.soc = np.asarray(soc0, dtype=float)
             return
-        if not self.cloud_model:
+        if not self.cloud_model or self.cloud_correction is not None:
             self.model = self._build_model(frame, self.soc)
         if self.config.pillar == 1:
             assert self._ekf is not None
@@ -573,12 +587,7 @@ class VirtualBms:
 
     def _apply_command(self, command: CommandMessage) -> str:
         if isinstance(command, EcmUpdateCommand):
-            if self.model is None:
-                raise RuntimeError("no estimate yet: the BMS has not read the pack")
-            self.model = apply_ecm_update(self.model, command.params)
-            self.cloud_model = True
-            self.counters.ecm_updates += 1
-            return f"ECM with {self.model.n_rc} RC pairs in use from the next cycle"
+            return self._take_ecm_update(command.params)
         if isinstance(command, EisRequestCommand):
             if not isinstance(self.source, EisCapable):
                 raise RuntimeError("this sensor source cannot measure impedance")
@@ -597,6 +606,44 @@ class VirtualBms:
             )
             return f"telemetry every {command.params.interval_s:g} s"
         raise ValueError(f"unknown command kind {command.kind!r}")  # pragma: no cover
+
+    def _take_ecm_update(self, update: EcmUpdate) -> str:
+        """The cloud's ECM as a correction of the tables; a replacement if it cannot be.
+
+        The factors compare the fit with the tables at the fit's SoC (its ``voltage`` through
+        the OCV) and at the cell temperatures of the latest frame: the update names neither
+        its sweep nor the temperature then, so the present temperature stands in for it (a
+        pack that warmed or cooled since the sweep gets factors off by the tables'
+        temperature sensitivity until the next update).
+        """
+        frame = self._frame
+        if self.model is None or frame is None:
+            raise RuntimeError("no estimate yet: the BMS has not read the pack")
+        table_now = self._build_model(frame, self.soc, corrected=False)
+        fitted_at_soc = ecm_update_soc(table_now, update)
+        correction = ecm_correction(
+            self._build_model(frame, fitted_at_soc, corrected=False), update
+        )
+        if correction is None:
+            self.model = apply_ecm_update(self.model, update)
+            self.cloud_correction = None
+            detail = (
+                f"the cloud fitted {self.model.n_rc} RC pairs where parameter set "
+                f"{self.parameters.name!r} has {table_now.n_rc}: the cloud's ECM replaces the "
+                "tables from the next cycle, fixed at its operating point (no SoC or "
+                "temperature dependence)"
+            )
+            _log.warning("%s: ECM update taken as a replacement: %s", self.config.device, detail)
+        else:
+            self.cloud_correction = correction
+            self.model = apply_ecm_correction(table_now, correction)
+            detail = (
+                f"ECM correction from the cloud in use from the next cycle: {correction.describe()}"
+            )
+            _log.info("%s: %s", self.config.device, detail)
+        self.cloud_model = True
+        self.counters.ecm_updates += 1
+        return detail
 
     def request_balancing(self) -> None:
         """Ask for balancing at the next cycle (on demand, D1.2)."""

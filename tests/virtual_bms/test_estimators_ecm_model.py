@@ -1,4 +1,5 @@
-"""The BMS's ECM: built from a parameter set like the twin's cells, updated from the cloud."""
+"""The BMS's ECM: built from a parameter set like the twin's cells, corrected (or, failing
+that, replaced) by the cloud's fit."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from virtual_bms.estimators.ecm_model import (
     OCV_MARGIN_V,
     EcmModel,
     EcmModelError,
+    apply_ecm_correction,
     apply_ecm_update,
+    ecm_correction,
     ecm_model_from_parameters,
+    ecm_update_soc,
 )
 
 
@@ -106,6 +110,91 @@ def test_update_fitted_outside_the_ocv_range_is_refused() -> None:
     apply_ecm_update(model, _update(voltage=top + OCV_MARGIN_V / 2))
     with pytest.raises(EcmModelError, match="another cell type"):
         apply_ecm_update(model, _update(voltage=top + 2 * OCV_MARGIN_V))
+
+
+_ARC = load_parameter_set("nmc_eis_arc")  # 4 RC pairs, time constants decades apart
+_CELL_TEMPERATURES_C = np.array([18.0, 25.0, 31.0])
+
+
+def _arc_table(soc: object, temperature_c: object = _CELL_TEMPERATURES_C) -> EcmModel:
+    return ecm_model_from_parameters(
+        _ARC, n_cells=3, soc=soc, temperature_c=temperature_c, resistance_factor=1.3
+    )
+
+
+def _update_from(table: EcmModel, **factors: float) -> EcmUpdateParams:
+    """What the cloud would send if the cells were ``table`` times ``factors`` (cell means),
+    the pairs listed longest time constant first (the pairing is by tau, not position)."""
+    fields: dict[str, float] = {
+        "voltage": float(table.ocv_v(table.valid_at_soc).mean()),
+        "r0": float(table.r0_ohm.mean()) * factors.get("r0", 1.0),
+    }
+    for slot, j in enumerate(np.argsort(-table.tau_s.mean(axis=1)), start=1):
+        fields[f"r{slot}"] = float(table.rc_resistance_ohm[j].mean()) * factors.get(
+            f"r{j + 1}", 1.0
+        )
+        fields[f"c{slot}"] = float(table.rc_capacitance_f[j].mean()) * factors.get(f"c{j + 1}", 1.0)
+    return EcmUpdateParams(**fields)
+
+
+def test_an_update_equal_to_the_tables_corrects_nothing() -> None:
+    table = _arc_table(0.4)
+    update = _update_from(table)
+    np.testing.assert_allclose(ecm_update_soc(table, update), 0.4, atol=1e-9)
+    correction = ecm_correction(table, update)
+    assert correction is not None
+    np.testing.assert_allclose(correction.r0, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(correction.rc_resistance, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(correction.rc_capacitance, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(correction.fitted_at_soc, 0.4)
+    np.testing.assert_array_equal(correction.fitted_at_temperature_c, _CELL_TEMPERATURES_C)
+    corrected = apply_ecm_correction(table, correction)
+    for name in ("r0_ohm", "rc_resistance_ohm", "rc_capacitance_f", "capacity_ah"):
+        np.testing.assert_allclose(getattr(corrected, name), getattr(table, name), rtol=1e-12)
+    np.testing.assert_array_equal(corrected.valid_at_soc, table.valid_at_soc)
+
+
+def test_factors_keep_the_tables_soc_and_temperature_dependence() -> None:
+    table = _arc_table(0.4)
+    correction = ecm_correction(table, _update_from(table, r0=1.1, r2=1.25, c2=0.8))
+    assert correction is not None
+    assert correction.r0 == pytest.approx(1.1)
+    np.testing.assert_allclose(correction.rc_resistance, [1.0, 1.25, 1.0, 1.0])
+    np.testing.assert_allclose(correction.rc_capacitance, [1.0, 0.8, 1.0, 1.0])
+    assert correction.describe().startswith("R0 x1.10, R1 x1.00, C1 x1.00, R2 x1.25, C2 x0.80")
+    # elsewhere (low SoC, where charge transfer rises, and cold) the factors ride on the tables
+    elsewhere = _arc_table(0.1, temperature_c=[0.0, 5.0, 40.0])
+    corrected = apply_ecm_correction(elsewhere, correction)
+    np.testing.assert_allclose(corrected.r0_ohm, 1.1 * elsewhere.r0_ohm, rtol=1e-12)
+    np.testing.assert_allclose(
+        corrected.rc_resistance_ohm[1], 1.25 * elsewhere.rc_resistance_ohm[1], rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        corrected.rc_capacitance_f[1], 0.8 * elsewhere.rc_capacitance_f[1], rtol=1e-12
+    )
+    np.testing.assert_allclose(corrected.rc_resistance_ohm[2], elsewhere.rc_resistance_ohm[2])
+    assert np.ptp(corrected.r0_ohm) > 0.1 * corrected.r0_ohm.mean()  # per cell, by temperature
+
+
+def test_another_number_of_pairs_gives_no_correction() -> None:
+    table = _arc_table(0.6)
+    full = _update_from(table)
+    two_pairs = full.model_copy(update={"r3": None, "c3": None, "r4": None, "c4": None})
+    assert ecm_correction(table, two_pairs) is None
+    correction = ecm_correction(table, full)
+    assert correction is not None
+    with pytest.raises(EcmModelError, match="4 RC pairs cannot apply to a model with 2"):
+        apply_ecm_correction(ecm_model_from_parameters(_ARC, n_cells=3, n_rc=2), correction)
+
+
+@pytest.mark.parametrize(
+    ("factors", "match"),
+    [({"r0": 6.0}, "R0 is 6x"), ({"c3": 0.1}, "C3 is 0.1x"), ({"r4": 5.5}, "R4 is 5.5x")],
+)
+def test_absurd_factors_are_refused(factors: dict[str, float], match: str) -> None:
+    table = _arc_table(0.5)
+    with pytest.raises(EcmModelError, match=match):
+        ecm_correction(table, _update_from(table, **factors))
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 This is the BMS's own model, kept apart from the twin's truth: it is built from a parameter
 set at the temperatures and SoCs the BMS measures or estimates, with an *assumed* SoH and
 resistance factor (a second-life BMS does not know each cell's true capacity), and it is
-replaced by the parameters the cloud fits from EIS (``ecm_update`` commands).
+corrected by the parameters the cloud fits from EIS (``ecm_update`` commands).
 
 Circuit (positive current discharges, as everywhere in batterytwin)::
 
@@ -12,13 +12,23 @@ Circuit (positive current discharges, as everywhere in batterytwin)::
 What ``voltage`` in an ECM update means here: the cell voltage at the operating point where
 the cloud measured the EIS and fitted the parameters (the D1.2 EIS records carry it beside
 the impedance). R and C depend on SoC and temperature, so a fit is valid around that point.
-:func:`apply_ecm_update` takes the new R0, R_k, C_k as they are for every cell (the command
-names no cells) and converts ``voltage`` through this model's OCV curve into the SoC of the
-fit, kept per cell in :attr:`EcmModel.valid_at_soc`: a runtime can compare it with the
-present SoC to know how far the parameters are being extrapolated (and ask for a new EIS).
-A voltage outside the OCV curve's range (more than ``OCV_MARGIN_V`` beyond it) means the
-fit belongs to another cell type, and the update is refused. The update changes neither the
-OCV curve nor the capacity: EIS does not measure them.
+:func:`ecm_update_soc` converts ``voltage`` through this model's OCV curve into the SoC of
+the fit, per cell. A voltage outside the OCV curve's range (more than ``OCV_MARGIN_V``
+beyond it) means the fit belongs to another cell type, and the update is refused. An
+update changes neither the OCV curve nor the capacity: EIS does not measure them.
+
+How a BMS uses the cloud's ECM: as a *correction of its tables*, not a replacement.
+:func:`ecm_correction` compares the update with the parameter set's model read at the
+fit's SoC and temperature and returns one factor per element (R0, each R_k, each C_k; RC
+pairs matched by time-constant order); :func:`apply_ecm_correction` puts the factors on a
+model read from the tables, which the runtime does at every cycle, so R and C keep their
+SoC and temperature dependence and each cell its own operating point. The factors are the
+same for every cell: the cloud sends the cells' mean fit, so the update is compared with
+the tables' mean over the cells. Only when the cloud fitted another number of RC pairs than
+the parameter set has does the BMS fall back to :func:`apply_ecm_update`, which takes the
+update's R0, R_k, C_k as they are for every cell and keeps the fit's SoC in
+:attr:`EcmModel.valid_at_soc` (a runtime can compare it with the present SoC to know how far
+the parameters are being extrapolated, and ask for a new EIS).
 """
 
 from __future__ import annotations
@@ -33,16 +43,24 @@ from twin.models.base import FloatArray
 from twin.models.ecm_params import CHARGE, DISCHARGE, MAX_RC_PAIRS, EcmParameters
 
 __all__ = [
+    "CORRECTION_LIMITS",
     "OCV_MARGIN_V",
+    "EcmCorrection",
     "EcmModel",
     "EcmModelError",
     "EcmUpdate",
+    "apply_ecm_correction",
     "apply_ecm_update",
+    "ecm_correction",
     "ecm_model_from_parameters",
+    "ecm_update_soc",
 ]
 
 OCV_MARGIN_V = 0.1
 """How far (V) an ECM update's ``voltage`` may lie outside the OCV curve before it is refused."""
+
+CORRECTION_LIMITS = (0.2, 5.0)
+"""Smallest and largest factor an ECM update may put on a table value; beyond, it is refused."""
 
 _SLOPE_HALF_WIDTH = 0.01  # SoC; the OCV slope is a central difference over +-1 % SoC
 
@@ -104,8 +122,9 @@ class EcmModel:
         soc_grid: SoC points of the OCV curve, strictly increasing, ``(m,)``.
         ocv_grid_v: OCV at ``reference_temperature_c`` on ``soc_grid``, non-decreasing.
         entropic_grid_v_per_k: dOCV/dT on ``soc_grid``.
-        valid_at_soc: SoC per cell at which R and C were taken (from the parameter set) or
-            fitted (from an ECM update's ``voltage``), ``(n,)``.
+        valid_at_soc: SoC per cell at which R and C were taken (from the parameter set,
+            corrected or not) or fitted (an ECM update taken as it is: from its
+            ``voltage``), ``(n,)``.
         reference_temperature_c: Temperature of ``ocv_grid_v``.
         coulombic_efficiency: Fraction of charging current stored, in (0, 1].
         source: Where the values came from, for logs.
@@ -358,18 +377,28 @@ def ecm_model_from_parameters(
     )
 
 
-def apply_ecm_update(model: EcmModel, update: EcmUpdate) -> EcmModel:
-    """A new model with the cloud's R0, R_k, C_k for every cell (OCV and capacity kept).
+def _update_pairs(update: EcmUpdate) -> list[tuple[float, float]]:
+    """The update's (R_k, C_k) in the order given, pairs left out skipped (gaps closed up)."""
+    return [
+        (float(r), float(c))
+        for r, c in (
+            (update.r1, update.c1),
+            (update.r2, update.c2),
+            (update.r3, update.c3),
+            (update.r4, update.c4),
+        )
+        if r is not None and c is not None
+    ]
 
-    The number of RC pairs becomes the number of pairs the update gives (pairs left out,
-    e.g. ``r3``/``c3``, are simply not part of the new model; a gap such as ``r2`` missing
-    but ``r3`` given is closed up). ``voltage`` becomes :attr:`EcmModel.valid_at_soc`
-    (see the module docstring). The model is immutable, so the update takes effect in
-    the first estimation step that is handed the returned model.
+
+def ecm_update_soc(model: EcmModel, update: EcmUpdate) -> FloatArray:
+    """The SoC per cell at which the update was fitted: its ``voltage`` through the OCV.
+
+    The OCV is evaluated at ``model``'s cell temperatures.
 
     Raises:
         EcmModelError: If ``voltage`` lies outside the OCV curve by more than
-            ``OCV_MARGIN_V``, or a value is not finite and positive.
+            ``OCV_MARGIN_V`` (the parameters belong to another cell type).
     """
     voltage = float(update.voltage)
     ocv_lo = float(model.ocv_v(model.soc_grid[0]).min())
@@ -380,22 +409,161 @@ def apply_ecm_update(model: EcmModel, update: EcmUpdate) -> EcmModel:
             f"{ocv_lo:.3f}..{ocv_hi:.3f} V: the parameters belong to another cell type; "
             "check the device's parameter set or the cloud fit"
         )
-    pairs = [
-        (r, c)
-        for r, c in (
-            (update.r1, update.c1),
-            (update.r2, update.c2),
-            (update.r3, update.c3),
-            (update.r4, update.c4),
+    return model.soc_from_ocv(voltage)
+
+
+@dataclass(frozen=True, eq=False)
+class EcmCorrection:
+    """Factors an ECM update puts on the parameter set's R and C, the same for every cell.
+
+    Attributes:
+        r0: Factor on R0.
+        rc_resistance: Factor on R_k per RC pair, in the parameter set's pair order, ``(k,)``.
+        rc_capacitance: Factor on C_k, ``(k,)``.
+        fitted_at_soc: SoC per cell of the fit (from the update's ``voltage``), ``(n,)``.
+        fitted_at_temperature_c: Cell temperatures the factors were computed at, ``(n,)``.
+        voltage_v: The update's ``voltage``.
+    """
+
+    r0: float
+    rc_resistance: FloatArray
+    rc_capacitance: FloatArray
+    fitted_at_soc: FloatArray
+    fitted_at_temperature_c: FloatArray
+    voltage_v: float
+
+    def __post_init__(self) -> None:
+        for name in (
+            "rc_resistance",
+            "rc_capacitance",
+            "fitted_at_soc",
+            "fitted_at_temperature_c",
+        ):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+
+    @property
+    def n_rc(self) -> int:
+        return int(self.rc_resistance.shape[0])
+
+    def describe(self) -> str:
+        """``R0 x1.07, R1 x0.95, C1 x1.10, ... (fitted at SoC 0.55, 24.3 degC)``."""
+        parts = [f"R0 x{self.r0:.2f}"]
+        for j in range(self.n_rc):
+            parts.append(f"R{j + 1} x{self.rc_resistance[j]:.2f}")
+            parts.append(f"C{j + 1} x{self.rc_capacitance[j]:.2f}")
+        return (
+            f"{', '.join(parts)} (fitted at SoC {float(np.mean(self.fitted_at_soc)):.2f}, "
+            f"{float(np.mean(self.fitted_at_temperature_c)):.1f} degC)"
         )
-        if r is not None and c is not None
-    ]
+
+
+def ecm_correction(table: EcmModel, update: EcmUpdate) -> EcmCorrection | None:
+    """Factors that make the parameter set's model agree with the cloud's fit where it was made.
+
+    ``k_R0 = R0_fit / R0_table``, and per RC pair ``k_Rk = R_k,fit / R_k,table`` and
+    ``k_Ck = C_k,fit / C_k,table``, with the table's values averaged over the cells (the
+    update is the cells' mean fit). The cloud's pairs and the table's are matched by time
+    constant: the shortest fitted pair corrects the table's shortest pair, and so on.
+
+    Args:
+        table: The BMS's model from its parameter set (with its assumed SoH and resistance
+            factor, no correction), read at the fit's SoC (:func:`ecm_update_soc`) and at
+            the cell temperatures of the fit.
+        update: The cloud's ECM.
+
+    Returns:
+        The factors, or ``None`` if the update has another number of RC pairs than
+        ``table``: the pairs cannot be matched, and the caller falls back to
+        :func:`apply_ecm_update`.
+
+    Raises:
+        EcmModelError: If a factor is not finite or outside ``CORRECTION_LIMITS`` (a fit that
+            far from the tables is more likely a bad fit or the wrong parameter set than a
+            real change of the cells).
+    """
+    pairs = _update_pairs(update)
+    k = table.n_rc
+    if len(pairs) != k:
+        return None
+    r_fit = np.array([r for r, _ in pairs])
+    c_fit = np.array([c for _, c in pairs])
+    r_table = table.rc_resistance_ohm.mean(axis=1)
+    c_table = table.rc_capacitance_f.mean(axis=1)
+    by_tau_fit = np.argsort(r_fit * c_fit, kind="stable")
+    by_tau_table = np.argsort(table.tau_s.mean(axis=1), kind="stable")
+    k_r = np.empty(k)
+    k_c = np.empty(k)
+    k_r[by_tau_table] = r_fit[by_tau_fit] / r_table[by_tau_table]
+    k_c[by_tau_table] = c_fit[by_tau_fit] / c_table[by_tau_table]
+    k_r0 = float(update.r0) / float(np.mean(table.r0_ohm))
+    lo, hi = CORRECTION_LIMITS
+    named = [("R0", k_r0)]
+    for j in range(k):
+        named += [(f"R{j + 1}", float(k_r[j])), (f"C{j + 1}", float(k_c[j]))]
+    for name, factor in named:
+        if not (np.isfinite(factor) and lo <= factor <= hi):
+            raise EcmModelError(
+                f"ECM update's {name} is {factor:.3g}x the value of the BMS's "
+                f"{table.source or 'tables'} at SoC {float(np.mean(table.valid_at_soc)):.2f} "
+                f"and {float(np.mean(table.temperature_c)):.1f} degC, outside {lo:g}..{hi:g}: "
+                "check the cloud's fit of the sweep and the device's parameter set"
+            )
+    return EcmCorrection(
+        r0=k_r0,
+        rc_resistance=k_r,
+        rc_capacitance=k_c,
+        fitted_at_soc=table.valid_at_soc,
+        fitted_at_temperature_c=table.temperature_c,
+        voltage_v=float(update.voltage),
+    )
+
+
+def apply_ecm_correction(model: EcmModel, correction: EcmCorrection) -> EcmModel:
+    """``model`` (read from the tables) with the correction's factors on R0, R_k and C_k.
+
+    OCV, capacity, temperature and :attr:`EcmModel.valid_at_soc` (the SoC the tables were
+    read at) are kept.
+
+    Raises:
+        EcmModelError: If the correction has another number of RC pairs than ``model``.
+    """
+    if correction.n_rc != model.n_rc:
+        raise EcmModelError(
+            f"ECM correction for {correction.n_rc} RC pairs cannot apply to a model with "
+            f"{model.n_rc}: compute it from a model of the same parameter set"
+        )
+    return replace(
+        model,
+        r0_ohm=model.r0_ohm * correction.r0,
+        rc_resistance_ohm=model.rc_resistance_ohm * correction.rc_resistance[:, None],
+        rc_capacitance_f=model.rc_capacitance_f * correction.rc_capacitance[:, None],
+        source=f"{model.source} corrected by an ECM update ({correction.describe()})",
+    )
+
+
+def apply_ecm_update(model: EcmModel, update: EcmUpdate) -> EcmModel:
+    """A new model with the cloud's R0, R_k, C_k for every cell (OCV and capacity kept).
+
+    The replacement a BMS falls back to when it cannot use the update as a correction of
+    its tables (:func:`ecm_correction`): the values hold at the fit's operating point only.
+    The number of RC pairs becomes the number of pairs the update gives (pairs left out,
+    e.g. ``r3``/``c3``, are simply not part of the new model; a gap such as ``r2`` missing
+    but ``r3`` given is closed up). ``voltage`` becomes :attr:`EcmModel.valid_at_soc`
+    (see the module docstring). The model is immutable, so the update takes effect in
+    the first estimation step that is handed the returned model.
+
+    Raises:
+        EcmModelError: If ``voltage`` lies outside the OCV curve by more than
+            ``OCV_MARGIN_V``, or a value is not finite and positive.
+    """
+    soc = ecm_update_soc(model, update)
+    pairs = _update_pairs(update)
     n = model.n_cells
     return replace(
         model,
         r0_ohm=np.full(n, float(update.r0)),
-        rc_resistance_ohm=np.array([np.full(n, float(r)) for r, _ in pairs]),
-        rc_capacitance_f=np.array([np.full(n, float(c)) for _, c in pairs]),
-        valid_at_soc=model.soc_from_ocv(voltage),
-        source=f"ecm_update fitted at {voltage:.3f} V ({len(pairs)} RC pairs)",
+        rc_resistance_ohm=np.array([np.full(n, r) for r, _ in pairs]),
+        rc_capacitance_f=np.array([np.full(n, c) for _, c in pairs]),
+        valid_at_soc=soc,
+        source=f"ecm_update fitted at {float(update.voltage):.3f} V ({len(pairs)} RC pairs)",
     )
