@@ -342,31 +342,32 @@ def _fleet_rows(
         .subquery()
     )
     first = aliased(Device)
-    s_at, s_val, c_at, c_val, s_sow, sow_row = (aliased(SoxEstimate) for _ in range(6))
-    soh_at = (
-        select(func.max(s_at.estimated_at))
-        .where(s_at.battery_id == Battery.id, s_at.soh.is_not(None))
-        .correlate(Battery)
-        .scalar_subquery()
-    )
-    soh = (
-        select(func.avg(_fraction(s_val.soh)))
-        .where(s_val.battery_id == Battery.id, s_val.estimated_at == soh_at, s_val.soh.is_not(None))
-        .correlate(Battery)
-        .scalar_subquery()
-    )
-    soc_at = (
-        select(func.max(c_at.estimated_at))
-        .where(c_at.battery_id == Battery.id, c_at.soc.is_not(None))
-        .correlate(Battery)
-        .scalar_subquery()
-    )
-    soc = (
-        select(func.avg(_fraction(c_val.soc)))
-        .where(c_val.battery_id == Battery.id, c_val.estimated_at == soc_at, c_val.soc.is_not(None))
-        .correlate(Battery)
-        .scalar_subquery()
-    )
+    s_sow, sow_row = aliased(SoxEstimate), aliased(SoxEstimate)
+
+    def newest_mean(field: str) -> tuple[Any, Any]:
+        """(time of the battery's newest estimate of ``field``, its mean over the cells)."""
+        at_row, value_row = aliased(SoxEstimate), aliased(SoxEstimate)
+        newest = (
+            select(func.max(at_row.estimated_at))
+            .where(at_row.battery_id == Battery.id, getattr(at_row, field).is_not(None))
+            .correlate(Battery)
+            .scalar_subquery()
+        )
+        value = getattr(value_row, field)
+        mean = (
+            select(func.avg(_fraction(value)))
+            .where(
+                value_row.battery_id == Battery.id,
+                value_row.estimated_at == newest,
+                value.is_not(None),
+            )
+            .correlate(Battery)
+            .scalar_subquery()
+        )
+        return newest, mean
+
+    soh_at, soh = newest_mean("soh")
+    soc_at, soc = newest_mean("soc")
     sow_id = (
         select(s_sow.id)
         .where(s_sow.battery_id == Battery.id, s_sow.sow.is_not(None))
