@@ -410,15 +410,7 @@ def _fleet_rows(
         return []
 
     # The newest measurement of every cell (an index probe per cell), per battery.
-    newest = aliased(Measurement)
-    latest_id = (
-        select(newest.id)
-        .where(newest.cell_id == Cell.id)
-        .order_by(newest.measured_at.desc(), newest.id.desc())
-        .limit(1)
-        .correlate(Cell)
-        .scalar_subquery()
-    )
+    latest_id = _newest_measurement_id()
     live = {
         row[0]: row[1:]
         for row in session.execute(
@@ -574,10 +566,10 @@ def battery(
 # --- cells and the live stream --------------------------------------------------------
 
 
-def cell_snapshot(session: Session, battery_id: int) -> CellSnapshot:
-    """The newest measurement of each of the battery's cells (one index probe per cell)."""
+def _newest_measurement_id() -> Any:
+    """The id of the newest measurement of ``Cell`` (correlated; one index probe a cell)."""
     newest = aliased(Measurement)
-    latest_id = (
+    return (
         select(newest.id)
         .where(newest.cell_id == Cell.id)
         .order_by(newest.measured_at.desc(), newest.id.desc())
@@ -585,6 +577,11 @@ def cell_snapshot(session: Session, battery_id: int) -> CellSnapshot:
         .correlate(Cell)
         .scalar_subquery()
     )
+
+
+def cell_snapshot(session: Session, battery_id: int) -> CellSnapshot:
+    """The newest measurement of each of the battery's cells (one index probe per cell)."""
+    latest_id = _newest_measurement_id()
     rows = session.execute(
         select(
             Cell.id,

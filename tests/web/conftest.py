@@ -137,6 +137,18 @@ def sign_in(page: Any, cloud: LiveCloud, *, username: str = "admin", path: str =
     page.wait_for_url(f"{cloud.url}{path}")
 
 
+def auth_headers(cloud: LiveCloud, username: str = "admin") -> dict[str, str]:
+    """The ``Authorization`` header of ``username`` (for calls beside the browser)."""
+    import httpx
+
+    answer = httpx.post(
+        f"{cloud.url}/api/token/",
+        json={"username": username, "password": PASSWORDS[username]},
+    )
+    answer.raise_for_status()
+    return {"Authorization": f"Bearer {answer.json()['access']}"}
+
+
 def screenshot(page: Any, name: str) -> Path:
     """Saves a full-page screenshot as ``out/screenshots/<name>.png``."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

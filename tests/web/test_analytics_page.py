@@ -18,7 +18,7 @@ import pytest
 from benches.analytics import synthetic_cell, synthetic_pickle
 from cloud.models import Battery
 from tests.cloud.test_analytics import _csv_set
-from tests.web.conftest import PASSWORDS, LiveCloud, screenshot, sign_in
+from tests.web.conftest import LiveCloud, auth_headers, screenshot, sign_in
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +27,11 @@ def cell() -> bytes:
     return synthetic_pickle(cycles=30)
 
 
-def _headers(cloud: LiveCloud, username: str = "admin") -> dict[str, str]:
-    answer = httpx.post(
-        f"{cloud.url}/api/token/",
-        json={"username": username, "password": PASSWORDS[username]},
-    )
-    answer.raise_for_status()
-    return {"Authorization": f"Bearer {answer.json()['access']}"}
-
-
 def _api_result(cloud: LiveCloud, files: list[tuple[str, bytes]]) -> Any:
     answer = httpx.post(
         f"{cloud.url}/api/upload",
         files=[("file", (name, data)) for name, data in files],
-        headers=_headers(cloud),
+        headers=auth_headers(cloud),
         timeout=60,
     )
     return answer
@@ -176,7 +167,7 @@ def test_a_result_kept_on_a_battery_is_listed_and_reopened(
     page.wait_for_selector("[data-testid=earlier-item][data-key^=r]")
     stored = httpx.get(
         f"{live_cloud.url}/api/analytics/results/?battery={battery_id}",
-        headers=_headers(live_cloud),
+        headers=auth_headers(live_cloud),
     ).json()
     assert len(stored) == 1
 
@@ -190,7 +181,7 @@ def test_a_result_kept_on_a_battery_is_listed_and_reopened(
     assert f"result={stored[0]['id']}" in page.url
     kept = httpx.get(
         f"{live_cloud.url}/api/analytics/results/{stored[0]['id']}/",
-        headers=_headers(live_cloud),
+        headers=auth_headers(live_cloud),
     ).json()
     _assert_cards_match(page, kept["result"])
     _assert_plots_match(page, kept["result"])

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.cloud.test_models_exchange import make_fmu
-from tests.web.conftest import PASSWORDS, LiveCloud, screenshot, sign_in
+from tests.web.conftest import LiveCloud, auth_headers, screenshot, sign_in
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +27,6 @@ def cell_fmu(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
     out = tmp_path_factory.mktemp("fmu") / "cell.fmu"
     return export_c_fmu(load_parameter_set("nmc_okane2022"), out, fmi_version=2).read_bytes()
-
-
-def _headers(cloud: LiveCloud, username: str) -> dict[str, str]:
-    answer = httpx.post(
-        f"{cloud.url}/api/token/",
-        json={"username": username, "password": PASSWORDS[username]},
-    )
-    answer.raise_for_status()
-    return {"Authorization": f"Bearer {answer.json()['access']}"}
 
 
 def _folder(tag: str) -> dict[str, str]:
@@ -79,7 +70,7 @@ def test_an_admin_uploads_browses_downloads_and_deletes(
         f"{live_cloud.url}/api/models/",
         data={**folder, "test_name": test_name},
         files={"file": ("notes.fmu", b"not a zip")},
-        headers=_headers(live_cloud, "admin"),
+        headers=auth_headers(live_cloud, "admin"),
     )
     assert refusal.status_code == 422
     assert refusal.json()["detail"] in (page.text_content("#message") or "")
@@ -107,7 +98,7 @@ def test_an_admin_uploads_browses_downloads_and_deletes(
     # details as the API has them
     model_id = int(page.url.split("model=")[1])
     detail = httpx.get(
-        f"{live_cloud.url}/api/models/{model_id}/", headers=_headers(live_cloud, "admin")
+        f"{live_cloud.url}/api/models/{model_id}/", headers=auth_headers(live_cloud, "admin")
     ).json()
     assert page.text_content("#model-title") == f"{test_name}_v1.fmu"
     assert page.text_content("[data-testid=model-fmi]") == "2.0"
@@ -168,14 +159,14 @@ def test_a_read_only_user_browses_and_downloads_but_may_not_upload(
         f"{live_cloud.url}/api/models/",
         data={**folder, "test_name": f"Overcharge-{tag}"},
         files={"file": ("x.fmu", content)},
-        headers=_headers(live_cloud, "admin"),
+        headers=auth_headers(live_cloud, "admin"),
     )
     assert stored.status_code == 201, stored.text
     refused = httpx.post(
         f"{live_cloud.url}/api/models/",
         data={**folder, "test_name": f"Overcharge-{tag}"},
         files={"file": ("x.fmu", content)},
-        headers=_headers(live_cloud, "operator"),
+        headers=auth_headers(live_cloud, "operator"),
     )
     assert refused.status_code == 403 and "write" in refused.json()["detail"]
 

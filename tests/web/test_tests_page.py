@@ -18,18 +18,9 @@ import pytest
 
 from cloud.models import Manufacturer, Role
 from cloud.users import add_user
-from tests.web.conftest import PASSWORDS, LiveCloud, screenshot, sign_in
+from tests.web.conftest import LiveCloud, auth_headers, screenshot, sign_in
 
 FINAL = ("completed", "failed", "stopped_by_safety")
-
-
-def _headers(cloud: LiveCloud, username: str = "admin") -> dict[str, str]:
-    answer = httpx.post(
-        f"{cloud.url}/api/token/",
-        json={"username": username, "password": PASSWORDS[username]},
-    )
-    answer.raise_for_status()
-    return {"Authorization": f"Bearer {answer.json()['access']}"}
 
 
 def _run(cloud: LiveCloud, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +47,7 @@ def seeded(live_cloud: LiveCloud) -> dict[str, Any]:
     """Four tests of one tag: a capacity test (cell), a short custom procedure (module),
     an FMU that does not exist (pack, fails) and a physical-bench test (waits, started)."""
     tag = uuid.uuid4().hex[:6]
-    admin = _headers(live_cloud)
+    admin = auth_headers(live_cloud)
     capacity = _run(
         live_cloud,
         admin,
@@ -127,7 +118,7 @@ def test_counts_per_level_and_status_match_the_api(
     page: Any, live_cloud: LiveCloud, seeded: dict[str, Any]
 ) -> None:
     counts = httpx.get(
-        f"{live_cloud.url}/api/tests/analytics/", headers=_headers(live_cloud)
+        f"{live_cloud.url}/api/tests/analytics/", headers=auth_headers(live_cloud)
     ).json()
     assert counts["by_level_and_status"]["pack"]["started"] >= 1  # the physical bench's
     _open(page, live_cloud)
