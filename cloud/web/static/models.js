@@ -285,14 +285,7 @@ async function deleteModel() {
   const rest = state.versions.filter((v) => v.id !== model.id);
   state.model = null;
   setUrl(null);
-  // The API commits a delete just after it answers: read the tree until it is gone.
-  const listed = () =>
-    state.tree.some((c) => c.levels.some((l) => l.chemistries.some((h) => h.kinds.some((k) => k.tests.some((t) => t.latest_id === model.id)))));
-  for (let attempt = 0; attempt < 10; attempt += 1) {
-    await loadTree();
-    if (!listed()) break;
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
+  await loadTree(); // the API commits before it answers: the tree no longer has it
   if (rest.length) {
     await openModel(rest[0].id);
   } else {
